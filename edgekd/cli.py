@@ -1,0 +1,151 @@
+"""Command line: `edgekd compress` runs every stage; `edgekd <stage>` runs the pipeline up to
+that stage (running it again if it already ran); `edgekd targets` lists devices.
+
+Errors a user can fix print one line and exit with code 2; an interrupted run says how to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from edgekd import __version__
+from edgekd.errors import UserError
+
+log = logging.getLogger("edgekd")
+
+STAGE_HELP = {
+    "search": "pick the student architecture that fits the latency budget on the target",
+    "distill": "train the student from the teacher (KD), quantization-aware when the target runs INT8",
+    "export": "write the target runtime's artifacts (OpenVINO IR, ONNX) with metadata",
+    "bench": "measure latency, throughput, size and accuracy of the exported artifacts on the target",
+    "report": "write report.json and report.md in the run dir",
+}
+
+EXAMPLES = """examples:
+  edgekd compress --target x86-cpu
+      the embedded default: scikit-learn's handwritten digits, a teacher edgekd trains and caches
+  edgekd compress --target x86-cpu --teacher teacher.pt --teacher-arch resnet_s \\
+      --data path/to/images --budget-ms 0.3
+  edgekd compress --resume runs/x86-cpu-20261121-101500
+      continue an interrupted run from its last finished stage
+  edgekd compress --target x86-cpu --set distill.epochs=5 --set bench.runs=100
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgekd",
+        description="Distil a big model into a small one that meets a latency budget on an edge device, "
+        "and measure it there.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edgekd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    compress = commands.add_parser(
+        "compress", help="run the whole pipeline: search, distill, export, bench, report",
+        description="Run the whole pipeline: " + ", ".join(STAGE_HELP) + ".",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_run_options(compress)
+    for stage, text in STAGE_HELP.items():
+        sub = commands.add_parser(
+            stage, help=text,
+            description=f"{text[0].upper()}{text[1:]}. Earlier stages that have not run yet run first; "
+            f"with --resume, this stage runs again and later stages are marked to be redone.",
+        )
+        _add_run_options(sub)
+    targets = commands.add_parser("targets", help="list the known targets")
+    targets.set_defaults(command="targets")
+    return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_argument_group("what to compress")
+    what.add_argument("--target", help="device name (see `edgekd targets`) or a target YAML file; default x86-cpu")
+    what.add_argument("--data", help="image folder (one sub-folder per class; train/ val/ test/ used when present) "
+                      "or a folder of MNIST-style IDX files; default: scikit-learn's digits (embedded)")
+    what.add_argument("--teacher", help="teacher checkpoint: a state dict (needs --teacher-arch) or TorchScript; "
+                      "default: a teacher edgekd trains on first use and caches")
+    what.add_argument("--teacher-arch", help="built-in architecture of a state-dict teacher: "
+                      "resnet_xs, resnet_s, resnet_m, resnet_l")
+    what.add_argument("--trust-pickle", action="store_true", default=None,
+                      help="allow loading a fully pickled model (runs code from the file; only for sources you trust)")
+    what.add_argument("--budget-ms", type=float, help="latency budget: batch-1 p50 in ms on the target "
+                      "(default: half the teacher's measured latency)")
+    what.add_argument("--image-size", type=int, help="image-folder images are resized to this square size (default 32)")
+    what.add_argument("--seed", type=int, help="seed for the data split and training (default 0)")
+    how = parser.add_argument_group("recipe")
+    how.add_argument("--recipe", help="YAML file with teacher/search/distill/bench sections")
+    how.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override one recipe value, e.g. --set distill.epochs=5 (repeatable)")
+    where = parser.add_argument_group("run directory")
+    where.add_argument("--name", help="run name: results go to RUNS_DIR/NAME (default: <target>-<date>-<time>)")
+    where.add_argument("--runs-dir", default="runs", help="parent folder of run dirs (default: runs)")
+    where.add_argument("--resume", metavar="RUN_DIR", help="continue this run dir from its last finished stage")
+    where.add_argument("--overwrite", action="store_true", help="replace an existing run dir of the same name")
+    out = parser.add_argument_group("output")
+    out.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    out.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    _configure_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
+    run_dir = None
+    try:
+        if args.command == "targets":
+            return _list_targets()
+        from edgekd.commands import open_run  # imports torch; keep `--help` fast
+
+        ctx = open_run(args, command="edgekd " + " ".join(shlex.quote(a) for a in argv))
+        run_dir = ctx.run_dir
+        from edgekd.pipeline import run_pipeline
+
+        if args.command == "compress":
+            run_pipeline(ctx)
+        else:
+            run_pipeline(ctx, until=args.command, redo=args.command if args.resume else None)
+        _print_outcome(ctx, args.command)
+        return 0
+    except UserError as exc:
+        print(f"edgekd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = f"; resume with: edgekd compress --resume {run_dir}" if run_dir else ""
+        print(f"edgekd: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+def _list_targets() -> int:
+    from edgekd.config import known_targets, load_target
+
+    for name in known_targets():
+        target = load_target(name)
+        print(f"{name:16} {target.backend:10} {'/'.join(target.precisions):12} {target.description}")
+    return 0
+
+
+def _print_outcome(ctx, command: str) -> None:
+    print(f"run dir: {ctx.run_dir}")
+    if ctx.is_done("report"):
+        print(f"report:  {ctx.run_dir / 'report.md'}")
+        if not ctx.result("report")["budget_met"]:
+            print("warning: the deployed student missed the latency budget; see the report", file=sys.stderr)
+
+
+def _configure_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # NNCF and OpenVINO log at INFO about their own internals; keep ours readable.
+    for noisy in ("nncf", "openvino"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

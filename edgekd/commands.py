@@ -1,0 +1,69 @@
+"""From parsed CLI arguments to a run context: a new run dir, or a resumed one."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from edgekd.config import load_recipe, load_target, to_dict
+from edgekd.errors import UserError
+from edgekd.run import RunContext, RunSpec, default_run_name
+
+log = logging.getLogger(__name__)
+
+# Options that define what a run computes; a resumed run takes them from its config.json.
+_SPEC_OPTIONS = ("target", "data", "teacher", "teacher_arch", "trust_pickle", "budget_ms", "image_size",
+                 "seed", "recipe", "overrides", "name", "overwrite")
+
+
+def open_run(args: argparse.Namespace, *, command: str) -> RunContext:
+    if args.resume:
+        return _resume(args)
+    target = load_target(args.target or "x86-cpu")
+    recipe = load_recipe(args.recipe, args.overrides, bench_defaults=target.bench)
+    _check_inputs(args)
+    spec = RunSpec(
+        target=to_dict(target), recipe=to_dict(recipe), data=_abs(args.data), teacher=_abs(args.teacher),
+        teacher_arch=args.teacher_arch, trust_pickle=bool(args.trust_pickle), budget_ms=args.budget_ms,
+        seed=args.seed if args.seed is not None else 0,
+        image_size=args.image_size if args.image_size is not None else 32, command=command,
+    )
+    run_dir = Path(args.runs_dir) / (args.name or default_run_name(target.name))
+    ctx = RunContext.create(run_dir, spec, overwrite=args.overwrite)
+    log.info("run dir %s (target %s, data %s)", run_dir, target.name, args.data or "embedded digits")
+    return ctx
+
+
+def _resume(args: argparse.Namespace) -> RunContext:
+    given = [f"--{name.replace('_', '-')}" for name in _SPEC_OPTIONS
+             if getattr(args, name) not in (None, False, [])]
+    if given:
+        raise UserError(
+            f"--resume continues a run with the options it was started with; drop {', '.join(given)} "
+            "(or start a new run without --resume)"
+        )
+    ctx = RunContext.load(Path(args.resume))
+    done = ", ".join(ctx.state.completed) or "none"
+    log.info("resuming %s (stages done: %s)", ctx.run_dir, done)
+    return ctx
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Fail before any work on inputs that cannot be right."""
+    if args.data is not None and not Path(args.data).exists():
+        raise UserError(f"dataset path '{args.data}' does not exist")
+    if args.teacher is not None and not Path(args.teacher).is_file():
+        raise UserError(f"teacher checkpoint '{args.teacher}' does not exist")
+    if args.budget_ms is not None and args.budget_ms <= 0:
+        raise UserError(f"--budget-ms must be positive, got {args.budget_ms}")
+    if args.image_size is not None and not 4 <= args.image_size <= 1024:
+        raise UserError(f"--image-size must be between 4 and 1024, got {args.image_size}")
+    if args.teacher_arch is not None:
+        from edgekd.models import resolve_arch
+
+        resolve_arch(args.teacher_arch)
+
+
+def _abs(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path is not None else None

@@ -1,0 +1,243 @@
+"""Targets and recipes as dataclasses, loaded from YAML with `safe_load`.
+
+Unknown keys are errors with a hint, and `--set stage.key=value` overrides are parsed with
+`ast.literal_eval` and type-checked against the field's default, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgekd.errors import UserError
+
+TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+
+
+@dataclass
+class BenchConfig:
+    warmup: int = 50
+    runs: int = 300
+    throughput_batch: int = 32
+    throughput_runs: int = 50
+    threads: int | None = None
+
+
+@dataclass
+class Target:
+    name: str
+    description: str
+    backend: str
+    device: str
+    precisions: list[str]
+    precision: str
+    quantizer: str
+    channel_multiple: int = 8
+    runner: str = "local"
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+@dataclass
+class TeacherConfig:
+    """How edgekd trains a teacher when the user gives none (the embedded default)."""
+
+    arch: str = "resnet_l"
+    epochs: int = 30
+    lr: float = 0.003
+    batch_size: int = 64
+    patience: int = 6
+
+
+@dataclass
+class SearchConfig:
+    base: str = "resnet_s"  # the student family's reference architecture
+    width_multipliers: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 1.5, 2.0])
+    depth_options: list[int] = field(default_factory=lambda: [1, 2])
+    # Pick candidates whose measured latency is at most margin x budget: timing on a shared CPU
+    # varies by ~10-15% between runs, and the final artifact is measured again in bench.
+    latency_margin: float = 0.85
+    # With no --budget-ms, the budget is the teacher's measured latency / default_speedup.
+    default_speedup: float = 2.0
+    warmup: int = 20
+    runs: int = 100
+
+
+@dataclass
+class DistillConfig:
+    epochs: int = 40
+    qat_epochs: int = 8
+    batch_size: int = 64
+    lr: float = 0.003
+    qat_lr: float = 0.0002
+    weight_decay: float = 0.0001
+    temperature: float = 4.0
+    alpha: float = 0.9  # weight of the KD term; 1 - alpha weighs the label loss
+    patience: int = 8
+    calibration_samples: int = 300
+
+
+@dataclass
+class Recipe:
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+def known_targets() -> list[str]:
+    return sorted(p.stem for p in TARGETS_DIR.glob("*.yaml"))
+
+
+def load_target(name_or_path: str) -> Target:
+    """`x86-cpu` -> targets/x86-cpu.yaml; a path ending in .yaml/.yml loads that file."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = TARGETS_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            known = known_targets()
+            close = difflib.get_close_matches(name_or_path, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UserError(f"unknown target {name_or_path!r}{hint} (known: {', '.join(known)})")
+    elif not path.is_file():
+        raise UserError(f"target file '{path}' does not exist")
+    data = _read_yaml(path)
+    target = _from_dict(Target, data, where=str(path))
+    if target.precision not in target.precisions:
+        raise UserError(
+            f"{path}: precision {target.precision!r} is not in precisions {target.precisions}"
+        )
+    return target
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = (), bench_defaults: BenchConfig | None = None) -> Recipe:
+    """Defaults, then the target's bench protocol, then the recipe file, then `--set` overrides."""
+    data: dict[str, Any] = {}
+    if bench_defaults is not None:
+        data["bench"] = dataclasses.asdict(bench_defaults)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"recipe file '{path}' does not exist")
+        for section, values in _read_yaml(path).items():
+            if not isinstance(values, dict):
+                raise UserError(f"{path}: section {section!r} must be a mapping")
+            data.setdefault(section, {}).update(values)
+    recipe = _from_dict(Recipe, data, where=str(path or "recipe"))
+    for item in overrides:
+        apply_override(recipe, item)
+    return recipe
+
+
+def apply_override(recipe: Recipe, item: str) -> None:
+    """Apply one `section.key=value` override in place, type-checked against the field."""
+    key, sep, raw = item.partition("=")
+    section_name, dot, field_name = key.strip().partition(".")
+    if not sep or not dot:
+        raise UserError(f"--set {item!r}: expected section.key=value, e.g. distill.epochs=5")
+    section = _get_field(recipe, section_name, "recipe")
+    current = _get_field(section, field_name, section_name)
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        value = raw.strip()  # a bare word is a string: --set search.base=resnet_xs
+    setattr(section, field_name, _check_type(value, current, f"{section_name}.{field_name}"))
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    return _from_dict(Recipe, data, where="saved recipe")
+
+
+def target_from_dict(data: dict[str, Any]) -> Target:
+    return _from_dict(Target, data, where="saved target")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a YAML mapping")
+    return data
+
+
+def _get_field(obj: Any, name: str, where: str) -> Any:
+    names = [f.name for f in dataclasses.fields(obj)]
+    if name not in names:
+        raise UserError(_unknown_key_message(name, names, where))
+    return getattr(obj, name)
+
+
+def _unknown_key_message(name: str, names: list[str], where: str) -> str:
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{where}: unknown key {name!r}{hint} (known: {', '.join(names)})"
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise UserError(_unknown_key_message(key, list(fields), where))
+        nested = _nested_dataclass(cls, key)
+        if nested is not None:
+            if not isinstance(value, dict):
+                raise UserError(f"{where}: {key!r} must be a mapping")
+            value = _from_dict(nested, value, f"{where}: {key}")
+        kwargs[key] = value
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:
+        missing = [n for n, f in fields.items() if n not in kwargs and _is_required(f)]
+        raise UserError(f"{where}: missing required keys {missing}") from exc
+    for name, f in fields.items():
+        if _nested_dataclass(cls, name) is None and _is_required(f) is False and name in kwargs:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            setattr(obj, name, _check_type(kwargs[name], default, f"{where}: {name}"))
+    return obj
+
+
+def _nested_dataclass(cls: type, name: str) -> type | None:
+    for f in dataclasses.fields(cls):
+        if f.name == name and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if dataclasses.is_dataclass(default):
+                return type(default)
+    return None
+
+
+def _is_required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _check_type(value: Any, default: Any, name: str) -> Any:
+    """Accept a value of the default's type (ints for floats too); None defaults accept ints."""
+    if default is None:
+        if value is None or isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"{name} must be an integer or null, got {value!r}")
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, list):
+        ok = isinstance(value, list)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise UserError(f"{name} must be {type(default).__name__}, got {value!r}")
+    return value

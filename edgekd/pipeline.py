@@ -1,0 +1,44 @@
+"""The stage order, and running stages with their state saved after each one (so a killed run
+resumes from the last finished stage)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+
+from edgekd.errors import UserError
+from edgekd.run import RunContext
+
+log = logging.getLogger(__name__)
+
+# The one place that says which stages exist and in what order. Each is edgekd/stages/<name>.py
+# with `run(ctx) -> dict of metrics` and `summary(metrics) -> str` for its end line.
+STAGES = ("search", "distill", "export", "bench", "report")
+
+
+def run_pipeline(ctx: RunContext, *, until: str | None = None, redo: str | None = None) -> None:
+    """Run every stage up to `until` (all by default) that has not completed yet; `redo` names a
+    stage to run again even if it completed (the stage subcommands use it)."""
+    if until is not None and until not in STAGES:
+        raise UserError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
+    last = STAGES.index(until) if until else len(STAGES) - 1
+    for name in STAGES[: last + 1]:
+        if ctx.is_done(name) and name != redo:
+            log.info("stage %s: already done, skipping (resumed run)", name)
+            continue
+        run_stage(ctx, name)
+
+
+def run_stage(ctx: RunContext, name: str) -> dict:
+    module = importlib.import_module(f"edgekd.stages.{name}")
+    # A stage that runs again invalidates what later stages built from its output.
+    for later in STAGES[STAGES.index(name) :]:
+        ctx.forget(later)
+    log.info("stage %s: start", name)
+    started = time.perf_counter()
+    metrics = module.run(ctx)
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    ctx.mark_done(name, metrics)
+    log.info("stage %s: done in %.1f s (%s)", name, metrics["seconds"], module.summary(metrics))
+    return metrics

@@ -1,0 +1,16 @@
+"""Each target's own quantizer, imported on first use (NNCF for OpenVINO)."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from edgekd.errors import UserError
+
+_MODULES = {"nncf": "edgekd.quantizers.nncf_int8"}
+
+
+def get_quantizer(name: str) -> ModuleType:
+    if name not in _MODULES:
+        raise UserError(f"unknown quantizer {name!r}; known: {', '.join(sorted(_MODULES))}")
+    return importlib.import_module(_MODULES[name])

@@ -1,0 +1,57 @@
+"""INT8 with NNCF, the quantizer whose INT8 layout OpenVINO runs fast.
+
+`prepare_int8` inserts NNCF fake-quantizers initialised from calibration data (PTQ). The result
+is still a trainable torch module, so the distill loop fine-tunes it (QAT) like any other model.
+A quantized model is saved as a weights-only state dict plus NNCF's JSON config, so loading it
+never unpickles code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgekd.errors import MissingDependencyError
+
+try:
+    import nncf
+    import nncf.torch
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise MissingDependencyError("nncf", "openvino") from exc
+
+log = logging.getLogger(__name__)
+
+
+def prepare_int8(model: nn.Module, calibration_x: torch.Tensor, *, batch_size: int = 64) -> nn.Module:
+    """A fake-quantized copy of `model` (symmetric INT8 weights and activations, CPU preset)."""
+    model = model.eval()
+    batches = [calibration_x[s : s + batch_size] for s in range(0, len(calibration_x), batch_size)]
+    dataset = nncf.Dataset(batches)
+    quantized = nncf.quantize(
+        model,
+        dataset,
+        subset_size=len(calibration_x),
+        target_device=nncf.TargetDevice.CPU,
+    )
+    return quantized
+
+
+def save_int8(model: nn.Module, path: Path) -> None:
+    torch.save(model.state_dict(), path)
+    path.with_suffix(".nncf.json").write_text(json.dumps(nncf.torch.get_config(model)))
+
+
+def load_int8(float_model: nn.Module, path: Path) -> nn.Module:
+    """Rebuild a saved quantized model on a freshly built float model of the same architecture."""
+    config = json.loads(path.with_suffix(".nncf.json").read_text())
+    model = nncf.torch.load_from_config(float_model.eval(), config)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def version() -> str:
+    return nncf.__version__

@@ -1,0 +1,149 @@
+"""A run directory: the resolved configuration, which stages are done, and lazy access to the
+data and teacher every stage shares.
+
+Layout of `runs/<name>/`:
+    config.json   what was asked (inputs, target, recipe), saved once at creation
+    state.json    completed stages with their metrics; rewritten atomically after each stage
+    <stage>/      each stage's artifacts
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from edgekd import __version__
+from edgekd.config import Recipe, Target, recipe_from_dict, target_from_dict
+from edgekd.data import DatasetSplits, load_dataset
+from edgekd.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSpec:
+    """Everything a run was asked to do; saved as config.json so a resume needs no arguments."""
+
+    target: dict[str, Any]
+    recipe: dict[str, Any]
+    data: str | None = None
+    teacher: str | None = None
+    teacher_arch: str | None = None
+    trust_pickle: bool = False
+    budget_ms: float | None = None
+    seed: int = 0
+    image_size: int = 32
+    command: str = ""
+
+
+@dataclass
+class RunState:
+    edgekd_version: str = __version__
+    created: str = ""
+    completed: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def default_run_name(target_name: str) -> str:
+    return f"{target_name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def create_run_dir(path: Path, *, overwrite: bool) -> None:
+    """Refuse an existing run dir unless told to overwrite it: a run dir holds someone's results."""
+    if path.exists():
+        if not overwrite:
+            raise UserError(
+                f"run dir '{path}' already exists; continue it with --resume {path}, "
+                "replace it with --overwrite, or pick another --name"
+            )
+        if not (path / "config.json").is_file():
+            # Only ever delete what edgekd itself made.
+            raise UserError(f"'{path}' exists but is not an edgekd run dir; not overwriting it")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+
+class RunContext:
+    """The run dir plus what stages share. Data and teacher load on first use, once."""
+
+    def __init__(self, run_dir: Path, spec: RunSpec, state: RunState):
+        self.run_dir = run_dir
+        self.spec = spec
+        self.state = state
+        self.target: Target = target_from_dict(spec.target)
+        self.recipe: Recipe = recipe_from_dict(spec.recipe)
+
+    # ---- creation and loading -------------------------------------------------------------
+    @classmethod
+    def create(cls, run_dir: Path, spec: RunSpec, *, overwrite: bool = False) -> "RunContext":
+        create_run_dir(run_dir, overwrite=overwrite)
+        _write_json(run_dir / "config.json", dataclasses.asdict(spec))
+        context = cls(run_dir, spec, RunState(created=dt.datetime.now().isoformat(timespec="seconds")))
+        context.save_state()
+        return context
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "RunContext":
+        config_path = run_dir / "config.json"
+        if not config_path.is_file():
+            raise UserError(f"'{run_dir}' is not an edgekd run dir (no config.json); nothing to resume")
+        try:
+            spec = RunSpec(**json.loads(config_path.read_text()))
+            state_path = run_dir / "state.json"
+            state = RunState(**json.loads(state_path.read_text())) if state_path.is_file() else RunState()
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise UserError(f"run dir '{run_dir}' has an unreadable config.json/state.json: {exc}") from exc
+        return cls(run_dir, spec, state)
+
+    # ---- state ----------------------------------------------------------------------------
+    def save_state(self) -> None:
+        _write_json(self.run_dir / "state.json", dataclasses.asdict(self.state))
+
+    def is_done(self, stage: str) -> bool:
+        return stage in self.state.completed
+
+    def result(self, stage: str) -> dict[str, Any]:
+        if stage not in self.state.completed:
+            raise UserError(f"stage {stage!r} has not run in '{self.run_dir}'")
+        return self.state.completed[stage]
+
+    def mark_done(self, stage: str, metrics: dict[str, Any]) -> None:
+        self.state.completed[stage] = metrics
+        self.save_state()
+
+    def forget(self, stage: str) -> None:
+        self.state.completed.pop(stage, None)
+        self.save_state()
+
+    def stage_dir(self, stage: str) -> Path:
+        path = self.run_dir / stage
+        path.mkdir(exist_ok=True)
+        return path
+
+    # ---- shared inputs ----------------------------------------------------------------------
+    @cached_property
+    def data(self) -> DatasetSplits:
+        return load_dataset(self.spec.data, seed=self.spec.seed, image_size=self.spec.image_size)
+
+    @cached_property
+    def teacher(self):
+        from edgekd.teacher import resolve_teacher  # torch-heavy; only when a stage needs it
+
+        return resolve_teacher(self)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write to a temporary file, then rename: a kill mid-write never leaves half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+write_json = _write_json

@@ -1,0 +1,1 @@
+"""One module per pipeline stage; the order lives in edgekd.pipeline.STAGES."""

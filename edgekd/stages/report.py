@@ -1,0 +1,128 @@
+"""Turn a run into what a product team reads: report.json (an interface for other tools; keys are
+stable) and report.md (the same as tables, plus the command that reproduces the run)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from typing import Any
+
+from edgekd import __version__
+from edgekd.run import RunContext, write_json
+from edgekd.stages.bench import cpu_name
+
+MODEL_LABELS = {"teacher": "teacher", "student_fp32": "student fp32", "student_int8": "student INT8"}
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    report = build_report(ctx)
+    write_json(ctx.run_dir / "report.json", report)
+    (ctx.run_dir / "report.md").write_text(render_markdown(report))
+    return {"report_json": "report.json", "report_md": "report.md", "budget_met": report["budget_met"]}
+
+
+def build_report(ctx: RunContext) -> dict[str, Any]:
+    bench = ctx.result("bench")
+    stages = {name: _stage_summary(metrics) for name, metrics in ctx.state.completed.items()}
+    data = ctx.data.summary()
+    return {
+        "edgekd_version": __version__,
+        "target": ctx.target.name,
+        "budget_ms": bench["budget_ms"],
+        "budget_source": ctx.result("search")["budget_source"],
+        "budget_met": bench["budget_met"],
+        "speedup_p50": round(bench["speedup_p50"], 3),
+        "dataset": {k: data[k] for k in ("name", "n_train", "n_val", "n_test", "input_shape", "source")},
+        "teacher_source": ctx.teacher.source,
+        "models": bench["models"],
+        "stages": stages,
+        "conditions": bench["conditions"],
+        "environment": environment(),
+        "command": ctx.spec.command,
+        "run_dir": str(ctx.run_dir),
+    }
+
+
+def environment() -> dict[str, str]:
+    versions = {name: _version(name) for name in ("torch", "openvino", "nncf", "onnxruntime", "numpy")}
+    return {"cpu": cpu_name(), "python": platform.python_version(), "platform": platform.platform(), **versions}
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _stage_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Keep scalar metrics of each stage (histories and nested tables stay in the run dir)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    models = report["models"]
+    teacher_p50 = models["teacher"]["latency_ms"]["p50"]
+    data = report["dataset"]
+    cond = report["conditions"]
+    lines = [
+        f"# edgekd report: {report['target']}",
+        "",
+        f"Budget: **{report['budget_ms']:.4f} ms** p50 at batch 1 ({report['budget_source']}) — "
+        f"**{'met' if report['budget_met'] else 'MISSED'}**.",
+        f"Dataset: {data['name']} ({data['n_train']} train / {data['n_val']} val / {data['n_test']} test, "
+        f"input {'x'.join(map(str, data['input_shape']))}). Teacher: {report['teacher_source']}.",
+        "",
+        "| model | arch | precision | test accuracy | p50 ms | p99 ms | speed-up vs teacher (p50) "
+        f"| throughput img/s (batch {models['teacher']['throughput_batch']}) | size MB | params | MMACs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, label in MODEL_LABELS.items():
+        if key not in models:
+            continue
+        m = models[key]
+        macs = f"{m['macs'] / 1e6:.2f}" if m["macs"] is not None else "n/a"
+        lines.append(
+            f"| {label} | {m['arch']} | {m['precision']} | {m['accuracy'] * 100:.2f}% | {m['latency_ms']['p50']:.4f} "
+            f"| {m['latency_ms']['p99']:.4f} | {teacher_p50 / m['latency_ms']['p50']:.2f}x | {m['throughput_ips']:.0f} "
+            f"| {m['size_mb']:.3f} | {m['params']:,} | {macs} |"
+        )
+    lines += [
+        "",
+        "Accuracy is measured on the test split by running each exported artifact in the target runtime. "
+        "Latencies are measured (not predicted), all in this one run, so ratios are comparable.",
+        "",
+        "## Stages",
+        "",
+        "| stage | seconds | notes |",
+        "|---|---|---|",
+    ]
+    for name, metrics in report["stages"].items():
+        notes = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k != "seconds")
+        lines.append(f"| {name} | {metrics.get('seconds', '')} | {notes} |")
+    env = report["environment"]
+    lines += [
+        "",
+        "## Measurement conditions",
+        "",
+        f"{cond['runtime']} on {cond['device']}, {cond['runtime_precision']}, {cond['threads']} threads, "
+        f"{cond['warmup']} warm-up + {cond['runs']} timed runs at batch 1, measured {cond['date']}.",
+        f"Python {env['python']}, torch {env['torch']}, openvino {env['openvino']}, nncf {env['nncf']}, "
+        f"onnxruntime {env['onnxruntime']}, edgekd {report['edgekd_version']}.",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        report["command"],
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    return f"wrote {metrics['report_json']} and {metrics['report_md']}"
