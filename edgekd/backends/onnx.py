@@ -1,0 +1,155 @@
+"""ONNX backend: export a torch model to .onnx and run it with ONNX Runtime on CPU.
+
+NNCF-quantized models are stripped to torch-native fake-quantizers first, which the legacy
+(TorchScript) exporter writes as standard QuantizeLinear/DequantizeLinear pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekd.backends import require_file, to_numpy, top1_accuracy
+from edgekd.errors import MissingDependencyError, UserError
+
+try:
+    import onnx
+    import onnxruntime as ort
+except ImportError as exc:  # optional dependency: say which extra to install
+    raise MissingDependencyError("onnxruntime", "onnx") from exc
+
+log = logging.getLogger(__name__)
+
+NAME = "onnx"
+SUFFIX = ".onnx"
+
+_OPSET = 17
+_INPUT_NAME = "input"
+_OUTPUT_NAME = "logits"
+_PROVIDERS = ["CPUExecutionProvider"]
+
+
+def version() -> str:
+    return ort.__version__
+
+
+def export(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    path: Path,
+    *,
+    metadata: dict[str, str],
+) -> Path:
+    """Export `model` to `path` with a dynamic batch axis; `metadata` goes into metadata_props."""
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        raise ValueError(f"ONNX model path must end in {SUFFIX}: {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    was_training = model.training
+    model.eval()  # dropout/batch-norm must be in inference mode while tracing
+    try:
+        exportable = _strip_nncf(model, example_input)
+        _torch_export(exportable, example_input, path)
+    finally:
+        model.train(was_training)  # leave the caller's model as we found it
+
+    onnx_model = onnx.load(str(path))
+    onnx.helper.set_model_props(onnx_model, {key: str(value) for key, value in metadata.items()})
+    onnx.checker.check_model(onnx_model)
+    onnx.save(onnx_model, str(path))
+    log.info("wrote ONNX model %s (%.3f MB)", path, size_mb(path))
+    return path
+
+
+def _strip_nncf(model: torch.nn.Module, example_input: torch.Tensor) -> torch.nn.Module:
+    """A copy with NNCF quantizers replaced by torch FakeQuantize, or `model` if not NNCF."""
+    if not _is_nncf_model(model):
+        return model
+    import nncf  # present: _is_nncf_model said so
+
+    log.debug("stripping NNCF quantizers before ONNX export")
+    return nncf.strip(model, example_input=example_input)  # copies; the caller's model is kept
+
+
+def _is_nncf_model(model: torch.nn.Module) -> bool:
+    # A model can carry NNCF hooks only if nncf was imported in this process; checking first
+    # spares fp32 exports the slow nncf import.
+    if "nncf" not in sys.modules:
+        return False
+    try:
+        # nncf.quantize on torch (nncf >= 3) returns the same class with hooks injected, which
+        # nncf.torch.is_wrapped_model does NOT recognise; function_hook's is_wrapped does.
+        from nncf.torch.function_hook.wrapper import is_wrapped
+    except ImportError:
+        return False
+    return is_wrapped(model)
+
+
+def _torch_export(model: torch.nn.Module, example_input: torch.Tensor, path: Path) -> None:
+    batch_axis = {0: "batch"}
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # We choose the legacy exporter on purpose (it writes NNCF fake-quantizers as
+            # standard Q/DQ nodes); its deprecation warning and tracer warnings from NNCF
+            # internals are not actionable by the user.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                model,
+                (example_input,),
+                str(path),
+                dynamo=False,
+                opset_version=_OPSET,
+                input_names=[_INPUT_NAME],
+                output_names=[_OUTPUT_NAME],
+                dynamic_axes={_INPUT_NAME: batch_axis, _OUTPUT_NAME: batch_axis},
+            )
+    except Exception as exc:  # export of arbitrary user models fails in many ways
+        log.debug("ONNX export failed:\n%s", exc)
+        first_line = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise UserError(
+            f"ONNX cannot export this model: {first_line or type(exc).__name__}"
+        ) from exc
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The model's metadata_props as a dict."""
+    # load_external_data=False: we only need the header, not the weights.
+    onnx_model = onnx.load(str(require_file(Path(path))), load_external_data=False)
+    return {entry.key: entry.value for entry in onnx_model.metadata_props}
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(require_file(Path(path))), providers=_PROVIDERS)
+
+
+def predict_logits(
+    path: Path, x: np.ndarray | torch.Tensor, *, batch_size: int = 256
+) -> np.ndarray:
+    """Model outputs for all samples in `x` ([N, C, H, W]), computed `batch_size` at a time."""
+    session = _session(path)
+    input_name = session.get_inputs()[0].name
+    inputs = to_numpy(x)
+    chunks = [
+        session.run(None, {input_name: inputs[start : start + batch_size]})[0]
+        for start in range(0, len(inputs), batch_size)
+    ]
+    return np.concatenate(chunks) if chunks else np.empty((0,), dtype=np.float32)
+
+
+def accuracy(
+    path: Path, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, batch_size: int = 256
+) -> float:
+    """Top-1 accuracy of the model on (x, y), as a fraction in [0, 1]."""
+    return top1_accuracy(predict_logits(path, x, batch_size=batch_size), y)
+
+
+def size_mb(path: Path) -> float:
+    """Size on disk of the .onnx file in MB (1e6 bytes); we never write external data."""
+    return require_file(Path(path)).stat().st_size / 1e6

@@ -1,0 +1,207 @@
+"""OpenVINO backend: export a torch model to OpenVINO IR (.xml + .bin), run and time it on CPU.
+
+Works for plain torch models and for NNCF fake-quantized ones: the IR then holds FakeQuantize
+ops, which the CPU plugin executes as INT8.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekd.backends import require_file, to_numpy, top1_accuracy
+from edgekd.errors import MissingDependencyError, UserError
+from edgekd.measure import LatencyStats, time_calls
+
+try:
+    import openvino as ov
+except ImportError as exc:  # optional dependency: say which extra to install
+    raise MissingDependencyError("openvino", "openvino") from exc
+
+log = logging.getLogger(__name__)
+
+NAME = "openvino"
+SUFFIX = ".xml"
+PRECISIONS = ("fp32", "int8")
+
+_DEVICE = "CPU"
+# The CPU plugin may default to bf16 on CPUs that support it; we want the numbers we report to
+# be those of the fp32 model (or of INT8 ops + f32 for the rest), so we always ask for f32.
+_INFERENCE_PRECISION = "f32"
+_RT_INFO_SECTION = "edgekd"
+
+
+def version() -> str:
+    return ov.__version__
+
+
+def precision_note() -> str:
+    """What we set for inference precision, to be written into reports."""
+    return f"{_INFERENCE_PRECISION} inference precision hint"
+
+
+@lru_cache(maxsize=1)
+def _core() -> ov.Core:
+    # One Core per process: creating it loads plugins, which is not free.
+    return ov.Core()
+
+
+def export(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    path: Path,
+    *,
+    metadata: dict[str, str],
+) -> Path:
+    """Convert `model` to IR at `path` (.xml, plus .bin beside it) with a dynamic batch dimension.
+
+    `example_input` is one batch shaped [N, C, H, W]; C, H, W stay static in the IR.
+    `metadata` is stored in the IR's rt_info under the "edgekd" section.
+    """
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        raise ValueError(f"OpenVINO IR path must end in {SUFFIX}: {path}")
+
+    input_shape = ov.PartialShape([-1, *example_input.shape[1:]])
+    ov_model = _convert(model, example_input, input_shape)
+    for key, value in metadata.items():
+        ov_model.set_rt_info(str(value), [_RT_INFO_SECTION, key])
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # compress_to_fp16=False: the default would silently halve fp32 weights, and we report fp32.
+    ov.save_model(ov_model, str(path), compress_to_fp16=False)
+    log.info("wrote OpenVINO IR %s (%.3f MB)", path, size_mb(path))
+    return path
+
+
+def _convert(
+    model: torch.nn.Module, example_input: torch.Tensor, input_shape: ov.PartialShape
+) -> ov.Model:
+    was_training = model.training
+    model.eval()  # dropout/batch-norm must be in inference mode while tracing
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # OpenVINO traces through TorchScript: torch's deprecation notice for it and tracer
+            # warnings from NNCF internals are not actionable by the user.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return ov.convert_model(model, example_input=example_input, input=[input_shape])
+    except Exception as exc:  # conversion of arbitrary user models fails in many ways
+        log.debug("OpenVINO conversion failed:\n%s", exc)
+        raise UserError(
+            f"OpenVINO cannot convert this model: {_conversion_error_summary(exc)}"
+        ) from exc
+    finally:
+        model.train(was_training)  # leave the caller's model as we found it
+
+
+def _conversion_error_summary(exc: Exception) -> str:
+    """Pick the informative line out of OpenVINO's multi-line conversion error."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # Unsupported ops: the frontend's report ends with a "Summary:" of "-- ..." lines naming them;
+    # its first line ("Check 'false' failed at src/...") tells the user nothing.
+    if "Summary:" in lines:
+        summary = lines[lines.index("Summary:") + 1 :]
+        items = [line.removeprefix("-- ") for line in summary if line.startswith("-- ")]
+        if items:
+            return "; ".join(items)
+    # Tracing failure: the model's own exception follows an "Exception:" line.
+    if "Exception:" in lines:
+        position = lines.index("Exception:")
+        if position + 1 < len(lines):
+            return lines[position + 1]
+    return lines[0] if lines else type(exc).__name__
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The "edgekd" rt_info section of the IR at `path` ({} if it has none)."""
+    ov_model = _read_model(path)
+    if not ov_model.has_rt_info([_RT_INFO_SECTION]):
+        return {}
+    section = ov_model.get_rt_info([_RT_INFO_SECTION]).astype(dict)
+    return {key: value.astype(str) for key, value in section.items()}
+
+
+def _read_model(path: Path) -> ov.Model:
+    path = require_file(Path(path))
+    return _core().read_model(str(path))
+
+
+def compile(
+    path: Path, *, threads: int | None = None, batch: int | None = None
+) -> ov.CompiledModel:
+    """Compile the IR for CPU; with `batch`, fix the batch dimension (static shapes run faster)."""
+    ov_model = _read_model(path)
+    if batch is not None:
+        shape = ov_model.input(0).get_partial_shape()
+        ov_model.reshape({0: ov.PartialShape([batch, *list(shape)[1:]])})
+    config = {
+        "INFERENCE_PRECISION_HINT": _INFERENCE_PRECISION,
+        # LATENCY: one stream serving one request at a time, as on a single-camera edge device.
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    log.debug("compiling %s for %s with %s", path, _DEVICE, config)
+    return _core().compile_model(ov_model, _DEVICE, config)
+
+
+def benchmark(
+    path: Path, *, warmup: int, runs: int, batch: int = 1, threads: int | None = None
+) -> LatencyStats:
+    """Latency of one synchronous inference of a `batch`-sized random input."""
+    path = Path(path)
+    compiled = compile(path, threads=threads, batch=batch)
+    request = compiled.create_infer_request()
+    input_port = compiled.input(0)
+    # Random data rather than zeros: some kernels have fast paths for zeros.
+    rng = np.random.default_rng(0)
+    dtype = input_port.get_element_type().to_dtype()
+    data = rng.random(tuple(input_port.get_shape())).astype(dtype)
+    # Set the input once so that the timed call is inference only, not a host-side copy.
+    request.set_input_tensor(ov.Tensor(data))
+
+    def infer_once() -> None:
+        # share_outputs=True: hand back views of the output buffers instead of copying them,
+        # so the timing is of inference, not of a host-side copy we would throw away.
+        request.infer(share_outputs=True)
+
+    return time_calls(
+        infer_once, warmup=warmup, runs=runs, batch=batch, desc=f"timing {path.name} b{batch}"
+    )
+
+
+def predict_logits(
+    path: Path, x: np.ndarray | torch.Tensor, *, batch_size: int = 256
+) -> np.ndarray:
+    """Model outputs for all samples in `x` ([N, C, H, W]), computed `batch_size` at a time."""
+    compiled = compile(path)  # dynamic batch: the last chunk may be smaller
+    request = compiled.create_infer_request()
+    output_port = compiled.output(0)
+    inputs = to_numpy(x)
+    chunks = []
+    for start in range(0, len(inputs), batch_size):
+        result = request.infer({0: inputs[start : start + batch_size]})
+        # Copy: the result buffer belongs to the request and is reused by the next infer().
+        chunks.append(np.array(result[output_port], copy=True))
+    return np.concatenate(chunks) if chunks else np.empty((0,), dtype=np.float32)
+
+
+def accuracy(
+    path: Path, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, batch_size: int = 256
+) -> float:
+    """Top-1 accuracy of the IR on (x, y), as a fraction in [0, 1]."""
+    return top1_accuracy(predict_logits(path, x, batch_size=batch_size), y)
+
+
+def size_mb(path: Path) -> float:
+    """Size on disk of the IR: .xml plus .bin, in MB (1e6 bytes)."""
+    xml_path = require_file(Path(path))
+    bin_path = xml_path.with_suffix(".bin")
+    total_bytes = xml_path.stat().st_size + (bin_path.stat().st_size if bin_path.exists() else 0)
+    return total_bytes / 1e6

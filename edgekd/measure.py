@@ -1,0 +1,96 @@
+"""Latency measurement and progress bars, shared by every backend and the training loops.
+
+No backend imports here: backends hand us a zero-argument callable and we time it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_NS_PER_MS = 1e6
+
+
+@dataclass
+class LatencyStats:
+    """Per-call latency of `runs` timed calls, each processing `batch` samples."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    runs: int
+    warmup: int
+    batch: int
+
+    def to_dict(self) -> dict:
+        # Short keys because the report header already says the unit is ms.
+        return {
+            "p50": round(self.p50_ms, 4),
+            "p90": round(self.p90_ms, 4),
+            "p99": round(self.p99_ms, 4),
+            "mean": round(self.mean_ms, 4),
+            "min": round(self.min_ms, 4),
+            "runs": self.runs,
+            "warmup": self.warmup,
+            "batch": self.batch,
+        }
+
+
+def progress(iterable: Iterable[T], *, desc: str, total: int | None = None) -> Iterable[T]:
+    """A progress bar that shows only on a terminal (disable=None) and vanishes when done."""
+    return tqdm(iterable, desc=desc, total=total, disable=None, leave=False)
+
+
+def time_calls(
+    fn: Callable[[], object],
+    *,
+    warmup: int,
+    runs: int,
+    batch: int = 1,
+    desc: str | None = None,
+) -> LatencyStats:
+    """Call `fn` `warmup` times untimed, then `runs` times timed; return latency percentiles."""
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+
+    # Warm-up absorbs one-off costs (lazy allocation, caches, thread-pool start-up).
+    for _ in range(warmup):
+        fn()
+
+    durations_ns = np.empty(runs, dtype=np.int64)
+    indices: Iterable[int] = range(runs)
+    if desc is not None:
+        indices = progress(indices, desc=desc, total=runs)
+    for i in indices:
+        start_ns = time.perf_counter_ns()
+        fn()
+        durations_ns[i] = time.perf_counter_ns() - start_ns
+
+    durations_ms = durations_ns / _NS_PER_MS
+    p50_ms, p90_ms, p99_ms = np.percentile(durations_ms, [50, 90, 99])
+    stats = LatencyStats(
+        p50_ms=float(p50_ms),
+        p90_ms=float(p90_ms),
+        p99_ms=float(p99_ms),
+        mean_ms=float(durations_ms.mean()),
+        min_ms=float(durations_ms.min()),
+        runs=runs,
+        warmup=warmup,
+        batch=batch,
+    )
+    log.debug("timed %s: %s", desc or "calls", stats.to_dict())
+    return stats
