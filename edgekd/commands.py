@@ -7,8 +7,10 @@ import logging
 from pathlib import Path
 
 from edgekd.config import load_recipe, load_target, to_dict
+from edgekd.data import load_dataset
 from edgekd.errors import UserError
-from edgekd.run import RunContext, RunSpec, default_run_name
+from edgekd.run import RunContext, RunSpec, check_new_run_dir, default_run_name
+from edgekd.teacher import load_user_teacher
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,16 @@ def open_run(args: argparse.Namespace, *, command: str) -> RunContext:
         image_size=args.image_size if args.image_size is not None else 32, command=command,
     )
     run_dir = Path(args.runs_dir) / (args.name or default_run_name(target.name))
+    if run_dir.exists() and not args.overwrite:
+        check_new_run_dir(run_dir)
+    # Load what the user gave before creating anything, so bad data or a bad checkpoint fails
+    # fast and leaves no half-made run dir behind.
+    data = load_dataset(spec.data, seed=spec.seed, image_size=spec.image_size)
+    teacher = load_user_teacher(spec, data) if spec.teacher else None
     ctx = RunContext.create(run_dir, spec, overwrite=args.overwrite)
+    ctx.data = data
+    if teacher is not None:
+        ctx.teacher = teacher
     log.info("run dir %s (target %s, data %s)", run_dir, target.name, args.data or "embedded digits")
     return ctx
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,10 +50,10 @@ class TeacherConfig:
     """How edgekd trains a teacher when the user gives none (the embedded default)."""
 
     arch: str = "resnet_l"
-    epochs: int = 30
+    epochs: int = 12
     lr: float = 0.003
     batch_size: int = 64
-    patience: int = 6
+    patience: int = 4
 
 
 @dataclass
@@ -61,7 +63,7 @@ class SearchConfig:
     depth_options: list[int] = field(default_factory=lambda: [1, 2])
     # Pick candidates whose measured latency is at most margin x budget: timing on a shared CPU
     # varies by ~10-15% between runs, and the final artifact is measured again in bench.
-    latency_margin: float = 0.85
+    latency_margin: float = 0.8
     # With no --budget-ms, the budget is the teacher's measured latency / default_speedup.
     default_speedup: float = 2.0
     warmup: int = 20
@@ -141,12 +143,17 @@ def apply_override(recipe: Recipe, item: str) -> None:
     if not sep or not dot:
         raise UserError(f"--set {item!r}: expected section.key=value, e.g. distill.epochs=5")
     section = _get_field(recipe, section_name, "recipe")
-    current = _get_field(section, field_name, section_name)
-    try:
-        value = ast.literal_eval(raw.strip())
-    except (ValueError, SyntaxError):
-        value = raw.strip()  # a bare word is a string: --set search.base=resnet_xs
-    setattr(section, field_name, _check_type(value, current, f"{section_name}.{field_name}"))
+    _get_field(section, field_name, section_name)
+    raw = raw.strip()
+    if raw.lower() in ("null", "none"):
+        value = None  # YAML's spelling and Python's both mean "unset"
+    else:
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw  # a bare word is a string: --set search.base=resnet_xs
+    hint = typing.get_type_hints(type(section))[field_name]
+    setattr(section, field_name, _check_type(value, hint, f"{section_name}.{field_name}"))
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -186,6 +193,7 @@ def _unknown_key_message(name: str, names: list[str], where: str) -> str:
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
@@ -195,17 +203,13 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
             if not isinstance(value, dict):
                 raise UserError(f"{where}: {key!r} must be a mapping")
             value = _from_dict(nested, value, f"{where}: {key}")
+        else:
+            value = _check_type(value, hints[key], f"{where}: {key}")
         kwargs[key] = value
-    try:
-        obj = cls(**kwargs)
-    except TypeError as exc:
-        missing = [n for n, f in fields.items() if n not in kwargs and _is_required(f)]
-        raise UserError(f"{where}: missing required keys {missing}") from exc
-    for name, f in fields.items():
-        if _nested_dataclass(cls, name) is None and _is_required(f) is False and name in kwargs:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            setattr(obj, name, _check_type(kwargs[name], default, f"{where}: {name}"))
-    return obj
+    missing = [name for name, f in fields.items() if name not in kwargs and _is_required(f)]
+    if missing:
+        raise UserError(f"{where}: missing required keys {missing}")
+    return cls(**kwargs)
 
 
 def _nested_dataclass(cls: type, name: str) -> type | None:
@@ -221,23 +225,34 @@ def _is_required(f: dataclasses.Field) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
-def _check_type(value: Any, default: Any, name: str) -> Any:
-    """Accept a value of the default's type (ints for floats too); None defaults accept ints."""
-    if default is None:
-        if value is None or isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise UserError(f"{name} must be an integer or null, got {value!r}")
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, list):
-        ok = isinstance(value, list)
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
-        raise UserError(f"{name} must be {type(default).__name__}, got {value!r}")
-    return value
+def _check_type(value: Any, hint: Any, name: str) -> Any:
+    """Check a value against a field's annotation: str, int, float (ints accepted), bool,
+    list[T], and `T | None`. bool is not accepted as an int, though Python says it is one."""
+    if _matches(value, hint):
+        return float(value) if hint is float else value
+    raise UserError(f"{name} must be {_describe(hint)}, got {value!r}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, option) for option in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if h is type(None) else _describe(h) for h in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    return getattr(hint, "__name__", str(hint))

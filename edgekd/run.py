@@ -55,14 +55,19 @@ def default_run_name(target_name: str) -> str:
     return f"{target_name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_new_run_dir(path: Path) -> None:
+    """Refuse an existing run dir: it holds someone's results."""
+    if path.exists():
+        raise UserError(
+            f"run dir '{path}' already exists; continue it with --resume {path}, "
+            "replace it with --overwrite, or pick another --name"
+        )
+
+
 def create_run_dir(path: Path, *, overwrite: bool) -> None:
-    """Refuse an existing run dir unless told to overwrite it: a run dir holds someone's results."""
     if path.exists():
         if not overwrite:
-            raise UserError(
-                f"run dir '{path}' already exists; continue it with --resume {path}, "
-                "replace it with --overwrite, or pick another --name"
-            )
+            check_new_run_dir(path)
         if not (path / "config.json").is_file():
             # Only ever delete what edgekd itself made.
             raise UserError(f"'{path}' exists but is not an edgekd run dir; not overwriting it")

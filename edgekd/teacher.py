@@ -22,12 +22,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgekd.data import DatasetSplits
+from edgekd.errors import UserError
 from edgekd.models import build_model, resolve_arch
 from edgekd.models.teacher import load_teacher
 from edgekd.training import evaluate_accuracy, fit
 
 if TYPE_CHECKING:
-    from edgekd.run import RunContext
+    from edgekd.run import RunContext, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +54,7 @@ def resolve_teacher(ctx: "RunContext") -> Teacher:
     channels, num_classes = data.input_shape[0], data.num_classes
     run_copy = ctx.run_dir / "teacher" / "teacher.pt"
     if ctx.spec.teacher is not None:
-        arch = resolve_arch(ctx.spec.teacher_arch) if ctx.spec.teacher_arch else None
-        model, kind = load_teacher(
-            ctx.spec.teacher, arch, channels, num_classes, trust_pickle=ctx.spec.trust_pickle
-        )
-        _check_output_shape(model, data.input_shape, num_classes, ctx.spec.teacher)
-        source = f"{ctx.spec.teacher} ({kind})"
-        return Teacher(model, arch if kind == "state_dict" else None, source, evaluate_accuracy(model, data.val))
+        return load_user_teacher(ctx.spec, data)
     if run_copy.is_file():  # a resumed run keeps the teacher it started with
         info = json.loads(run_copy.with_suffix(".json").read_text())
         model = build_model(info["arch"], channels, num_classes)
@@ -73,11 +69,22 @@ def resolve_teacher(ctx: "RunContext") -> Teacher:
     return teacher
 
 
+def load_user_teacher(spec: "RunSpec", data: DatasetSplits) -> Teacher:
+    """The user's checkpoint, checked against the data's input shape and class count."""
+    arch = resolve_arch(spec.teacher_arch) if spec.teacher_arch else None
+    model, kind = load_teacher(spec.teacher, arch, data.input_shape[0], data.num_classes,
+                               trust_pickle=spec.trust_pickle)
+    _check_output_shape(model, data.input_shape, data.num_classes, spec.teacher)
+    return Teacher(model, arch if kind == "state_dict" else None, f"{spec.teacher} ({kind})",
+                   evaluate_accuracy(model, data.val))
+
+
 def _cached_or_trained_teacher(ctx: "RunContext") -> Teacher:
     data, settings = ctx.data, ctx.recipe.teacher
     arch = resolve_arch(settings.arch)
     key = _cache_key(ctx, arch)
     path = cache_dir() / "teachers" / f"{data.name}-{arch.get('name', 'custom')}-{key}.pt"
+    torch.manual_seed(ctx.spec.seed)  # the cache key holds the seed, so the init must follow it
     model = build_model(arch, data.input_shape[0], data.num_classes)
     if path.is_file():
         try:
@@ -92,6 +99,7 @@ def _cached_or_trained_teacher(ctx: "RunContext") -> Teacher:
         model, data.train, data.val, lambda logits, labels, _index: F.cross_entropy(logits, labels),
         epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
         patience=settings.patience, seed=ctx.spec.seed, weight_decay=5e-4, desc="teacher",
+        epoch_log_level=logging.INFO,  # minutes of work: show progress in logs, not only on a terminal
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -111,8 +119,6 @@ def _cache_key(ctx: "RunContext", arch: dict[str, Any]) -> str:
 
 
 def _check_output_shape(model: nn.Module, input_shape: tuple[int, ...], num_classes: int, path: str) -> None:
-    from edgekd.errors import UserError
-
     try:
         with torch.no_grad():
             out = model(torch.zeros(2, *input_shape))

@@ -6,6 +6,7 @@ presets are the architectures users pass by name (`--teacher-arch resnet_s`).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 from typing import Any
@@ -29,7 +30,7 @@ _BUILDERS = {"resnet": ResNet}
 def resolve_arch(name_or_record: str | dict[str, Any]) -> dict[str, Any]:
     """A preset name or a record -> a record (a copy, safe to modify)."""
     if isinstance(name_or_record, dict):
-        record = dict(name_or_record)
+        record = copy.deepcopy(name_or_record)
         if record.get("family") not in _BUILDERS:
             raise UserError(
                 f"unknown architecture family {record.get('family')!r}; known: {sorted(_BUILDERS)}"
@@ -41,7 +42,7 @@ def resolve_arch(name_or_record: str | dict[str, Any]) -> dict[str, Any]:
         raise UserError(
             f"unknown architecture {name_or_record!r}{hint}; known: {', '.join(sorted(PRESETS))}"
         )
-    return {"name": name_or_record, **PRESETS[name_or_record]}
+    return {"name": name_or_record, **copy.deepcopy(PRESETS[name_or_record])}
 
 
 def build_model(arch: str | dict[str, Any], in_channels: int, num_classes: int) -> nn.Module:
@@ -64,7 +65,9 @@ def scale_width(record: dict[str, Any], multiplier: float, channel_multiple: int
     (hardware kernels run fastest on multiples of 8/16/32; odd widths waste the padding)."""
 
     def scaled(width: int) -> int:
-        return max(channel_multiple, int(math.ceil(width * multiplier / channel_multiple)) * channel_multiple)
+        # round() first: 400 * 1.1 / 8 is 55.000000000000007 in floating point, not 55.
+        units = math.ceil(round(width * multiplier / channel_multiple, 6))
+        return max(channel_multiple, units * channel_multiple)
 
     out = {k: v for k, v in record.items() if k != "name"}
     out["stem"] = scaled(record["stem"])

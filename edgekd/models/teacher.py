@@ -45,6 +45,10 @@ def load_teacher(
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # A valid pickle of objects other than tensors fails on an "Unsupported global"; any
+        # other unpickling error (e.g. "Unsupported operand") means a damaged file.
+        if "Unsupported global" not in str(exc):
+            raise UserError(f"teacher checkpoint '{path}' is corrupt or not a PyTorch file: {_first_line(exc)}") from exc
         if not trust_pickle:
             raise UserError(
                 f"teacher '{path}' is a pickled Python object, and loading it runs code from the "
@@ -63,12 +67,13 @@ def load_teacher(
             f"teacher '{path}' is a state dict; name its architecture with --teacher-arch "
             "(see `edgekd compress --help` for the built-in ones)"
         )
-    model = build_model(resolve_arch(arch), in_channels, num_classes)
+    record = resolve_arch(arch)
+    model = build_model(record, in_channels, num_classes)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
         raise UserError(
-            f"teacher '{path}' does not fit architecture {arch!r} with {in_channels} input "
+            f"teacher '{path}' does not fit architecture {record.get('name', record)!r} with {in_channels} input "
             f"channel(s) and {num_classes} classes: {_summarise_mismatch(exc)}"
         ) from exc
     return model.eval(), "state_dict"

@@ -1,0 +1,150 @@
+"""Bad input: one clear line on stderr, exit code 2, and nothing created or overwritten."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_args
+from edgekd.cli import main
+from edgekd.models import build_model
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("edgekd: error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def make_image_folder(root: Path, classes: dict[str, int]) -> Path:
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True)
+        for index in range(count):
+            Image.new("L", (8, 8), color=index * 20).save(root / name / f"{index}.png")
+    return root
+
+
+def test_unknown_target_lists_known_and_suggests_closest(tmp_path, capsys):
+    code, err = run_cli(capsys, "compress", "--target", "x86cpu", "--runs-dir", str(tmp_path))
+    assert code == 2
+    line = error_line(err)
+    assert "unknown target 'x86cpu'" in line and "did you mean 'x86-cpu'" in line and "known:" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_data_path(tmp_path, capsys):
+    code, err = run_cli(capsys, "compress", "--data", str(tmp_path / "nope"), "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and "does not exist" in error_line(err)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_image_folder_with_one_class(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "images", {"cat": 5})
+    code, err = run_cli(capsys, "compress", "--data", str(data), "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and "class" in error_line(err)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_image_folder_with_an_empty_class(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "images", {"cat": 5, "dog": 5})
+    (data / "bird").mkdir()
+    code, err = run_cli(capsys, "compress", "--data", str(data), "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and "bird" in error_line(err)
+
+
+def test_corrupt_checkpoint(tmp_path, capsys):
+    checkpoint = tmp_path / "teacher.pt"
+    checkpoint.write_bytes(b"\x00not a checkpoint" * 10)
+    code, err = run_cli(capsys, "compress", "--teacher", str(checkpoint), "--teacher-arch", "resnet_s",
+                        "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and "corrupt" in error_line(err)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_state_dict_that_does_not_fit_the_architecture(tmp_path, capsys):
+    checkpoint = tmp_path / "teacher.pt"
+    torch.save(build_model("resnet_xs", 1, 10).state_dict(), checkpoint)
+    code, err = run_cli(capsys, "compress", "--teacher", str(checkpoint), "--teacher-arch", "resnet_s",
+                        "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and "does not fit architecture 'resnet_s'" in error_line(err)
+
+
+def test_state_dict_for_other_class_count(tmp_path, capsys):
+    checkpoint = tmp_path / "teacher.pt"
+    torch.save(build_model("resnet_xs", 1, 5).state_dict(), checkpoint)
+    code, err = run_cli(capsys, "compress", "--teacher", str(checkpoint), "--teacher-arch", "resnet_xs",
+                        "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and "10 classes" in error_line(err)
+
+
+def test_pickle_needs_trust_pickle(tmp_path, capsys):
+    checkpoint = tmp_path / "teacher.pt"
+    torch.save(build_model("resnet_xs", 1, 10), checkpoint)  # the whole module: a pickle
+    code, err = run_cli(capsys, "compress", "--teacher", str(checkpoint), "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and "--trust-pickle" in error_line(err)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_teacher_arch_suggests(tmp_path, capsys):
+    checkpoint = tmp_path / "teacher.pt"
+    torch.save(build_model("resnet_xs", 1, 10).state_dict(), checkpoint)
+    code, err = run_cli(capsys, "compress", "--teacher", str(checkpoint), "--teacher-arch", "resnet-s",
+                        "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and "did you mean 'resnet_s'" in error_line(err)
+
+
+def test_unknown_recipe_key_suggests(tmp_path, capsys):
+    code, err = run_cli(capsys, "compress", "--set", "distill.epoch=3", "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and "did you mean 'epochs'" in error_line(err)
+
+
+def test_budget_no_candidate_meets_names_the_fastest(tmp_path, capsys):
+    args = [a if a != "1000" else "0.0001" for a in tiny_args()]
+    code, err = run_cli(capsys, "compress", "--runs-dir", str(tmp_path), "--name", "tight", *args)
+    line = error_line(err)
+    assert code == 2
+    assert "no candidate meets the budget of 0.0001 ms" in line and "the fastest was resnet_" in line
+    assert " ms (int8, p50 on x86-cpu)" in line
+
+
+def test_existing_run_dir_is_refused_and_kept(tmp_path, capsys):
+    run_dir = tmp_path / "mine"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("my results")
+    code, err = run_cli(capsys, "compress", "--runs-dir", str(tmp_path), "--name", "mine")
+    assert code == 2 and "already exists" in error_line(err) and "--resume" in err
+    # --overwrite never deletes a folder edgekd did not make
+    code, err = run_cli(capsys, "compress", "--runs-dir", str(tmp_path), "--name", "mine", "--overwrite")
+    assert code == 2 and "not an edgekd run dir" in error_line(err)
+    assert (run_dir / "notes.txt").read_text() == "my results"
+
+
+def test_resume_refuses_new_options(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"target": {}, "recipe": {}}))
+    code, err = run_cli(capsys, "compress", "--resume", str(run_dir), "--budget-ms", "3")
+    assert code == 2 and "--budget-ms" in error_line(err)
+
+
+def test_resume_of_something_that_is_not_a_run(tmp_path, capsys):
+    code, err = run_cli(capsys, "compress", "--resume", str(tmp_path))
+    assert code == 2 and "not an edgekd run dir" in error_line(err)
+
+
+def test_help_mentions_the_main_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compress", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--target", "--teacher", "--teacher-arch", "--data", "--budget-ms", "--resume", "--trust-pickle"):
+        assert option in text
