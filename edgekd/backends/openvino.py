@@ -179,8 +179,13 @@ def benchmark(
 def predict_logits(
     path: Path, x: np.ndarray | torch.Tensor, *, batch_size: int = 256
 ) -> np.ndarray:
-    """Model outputs for all samples in `x` ([N, C, H, W]), computed `batch_size` at a time."""
-    compiled = compile(path)  # dynamic batch: the last chunk may be smaller
+    """Model outputs for all samples in `x` ([N, C, H, W]), computed `batch_size` at a time.
+
+    One thread, so that outputs are reproducible: on CPUs without VNNI (AVX2 only, as on
+    this project's machines) OpenVINO's INT8 kernels give logits that differ by up to ~1.0
+    between identical calls when several threads split the work (measured 2026-11-21), which
+    flips the odd borderline prediction. Latency is measured separately, with all threads."""
+    compiled = compile(path, threads=1)  # dynamic batch: the last chunk may be smaller
     request = compiled.create_infer_request()
     output_port = compiled.output(0)
     inputs = to_numpy(x)
