@@ -43,6 +43,26 @@ def build_report(ctx: RunContext) -> dict[str, Any]:
     }
 
 
+def findings(report: dict[str, Any]) -> list[str]:
+    """Plain statements a product team needs and might miss in the table."""
+    models = report["models"]
+    found = []
+    if not report["budget_met"]:
+        deployed = models.get("student_int8", models["student_fp32"])
+        found.append(f"- **Budget missed**: the deployed student measures {deployed['latency_ms']['p50']:.4f} ms "
+                     f"p50, over {report['budget_ms']:.4f} ms.")
+    if "student_int8" in models:
+        int8, fp32 = models["student_int8"], models["student_fp32"]
+        if int8["latency_ms"]["p50"] >= fp32["latency_ms"]["p50"]:
+            found.append(f"- **INT8 is not faster than fp32** for this student here "
+                         f"({int8['latency_ms']['p50']:.4f} vs {fp32['latency_ms']['p50']:.4f} ms p50): "
+                         "at small inputs per-call overhead dominates; deploy fp32 unless size matters.")
+        drop = fp32["accuracy"] - int8["accuracy"]
+        if drop > 0.01:
+            found.append(f"- INT8 costs {drop * 100:.2f} points of accuracy against the fp32 student.")
+    return [*found, ""] if found else []
+
+
 def environment() -> dict[str, str]:
     versions = {name: _version(name) for name in ("torch", "openvino", "nncf", "onnxruntime", "numpy")}
     return {"cpu": cpu_name(), "python": platform.python_version(), "platform": platform.platform(), **versions}
@@ -92,6 +112,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "Accuracy is measured on the test split by running each exported artifact in the target runtime. "
         "Latencies are measured (not predicted), all in this one run, so ratios are comparable.",
         "",
+        *findings(report),
         "## Stages",
         "",
         "| stage | seconds | notes |",
