@@ -10,7 +10,6 @@ import argparse
 import logging
 import shlex
 import sys
-from pathlib import Path
 
 from edgekd import __version__
 from edgekd.errors import UserError

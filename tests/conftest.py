@@ -31,3 +31,14 @@ def tiny_args() -> list[str]:
 @pytest.fixture
 def tiny():
     return tiny_args()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread: thread hand-off dominates, worse on a busy machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -18,13 +18,7 @@ from edgekd.teacher import Teacher, cache_dir, resolve_teacher
 SETTINGS = ["teacher.arch='resnet_xs'", "teacher.epochs=1", "teacher.batch_size=128"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread (thread hand-off dominates on a busy machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -16,13 +16,7 @@ from edgekd.training import FitResult, evaluate_accuracy, fit, predict_logits
 NUM_CLASSES = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread (thread hand-off dominates on a busy machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _synthetic(n: int, seed: int) -> Split:

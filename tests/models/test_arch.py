@@ -12,13 +12,7 @@ from edgekd.models import PRESETS, arch_name, build_model, resolve_arch, scale_w
 from edgekd.models.resnet import ResNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread (thread hand-off dominates on a busy machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

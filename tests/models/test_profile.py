@@ -9,13 +9,7 @@ from torch import nn
 from edgekd.models import build_model, count_macs, count_params
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread (thread hand-off dominates on a busy machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_count_params_is_sum_of_numel():
