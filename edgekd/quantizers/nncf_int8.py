@@ -34,7 +34,7 @@ def prepare_int8(model: nn.Module, calibration_x: torch.Tensor, *, batch_size: i
     quantized = nncf.quantize(
         model,
         dataset,
-        subset_size=len(calibration_x),
+        subset_size=len(batches),  # NNCF counts dataset items, and each item here is a batch
         target_device=nncf.TargetDevice.CPU,
     )
     return quantized
