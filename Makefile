@@ -17,11 +17,11 @@ help:
 
 # The stamp file is rebuilt when the dependency lists change. torch goes first: pip then
 # resolves everything else against the CPU build (ENVIRONMENT.md explains why).
-$(VENV)/.installed: pyproject.toml requirements-x86.txt
+$(VENV)/.installed: pyproject.toml requirements-cpu.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -r requirements-x86.txt
+	$(PY) -m pip install --quiet -r requirements-cpu.txt
 	$(PY) -m pip install --quiet -e '.[openvino,dev]'
 	touch $@
 

@@ -19,7 +19,7 @@ from edgekd.errors import UserError
 
 log = logging.getLogger(__name__)
 
-KNOWN_BACKENDS = ("openvino", "onnx")
+KNOWN_BACKENDS = ("openvino", "onnx", "coreml", "tensorrt")
 
 
 def get_backend(name: str) -> ModuleType:

@@ -7,7 +7,6 @@ sample index, so the teacher does not run in every step.
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any
 
@@ -49,7 +48,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     if ctx.target.precision == "int8":
         quantizer = get_quantizer(ctx.target.quantizer)
         calibration = data.train.x[: settings.calibration_samples]
-        qat_model = quantizer.prepare_int8(copy.deepcopy(student), calibration)
+        qat_model = quantizer.prepare_int8(student, calibration)  # a copy: student stays fp32
         metrics["int8_ptq_val_accuracy"] = evaluate_accuracy(qat_model, data.val)
         qat = fit(qat_model, data.train, data.val, kd_loss, epochs=settings.qat_epochs, lr=settings.qat_lr,
                   batch_size=settings.batch_size, patience=settings.patience, seed=ctx.spec.seed,

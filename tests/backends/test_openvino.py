@@ -60,7 +60,7 @@ def test_import_backends_does_not_import_runtimes():
 def test_get_backend():
     assert get_backend("openvino").NAME == "openvino"
     with pytest.raises(UserError, match="openvino.*onnx"):
-        get_backend("tensorrt")
+        get_backend("tflite")
 
 
 def test_export_writes_xml_and_bin(fp32_ir):
