@@ -23,6 +23,8 @@ $(VENV)/.installed: pyproject.toml requirements-cpu.txt
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
 	$(PY) -m pip install --quiet -r requirements-cpu.txt
 	$(PY) -m pip install --quiet -e '.[openvino,dev]'
+	@echo "building NNCF's C++ extension (once, ~1 min)"
+	NNCF_EXTENSION_LOAD_TIMEOUT=900 $(PY) -c "import nncf.torch.quantization.extensions, nncf.torch; nncf.torch.force_build_cpu_extensions()"
 	touch $@
 
 setup: $(VENV)/.installed

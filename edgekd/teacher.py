@@ -99,7 +99,6 @@ def _cached_or_trained_teacher(ctx: "RunContext") -> Teacher:
         model, data.train, data.val, lambda logits, labels, _index: F.cross_entropy(logits, labels),
         epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
         patience=settings.patience, seed=ctx.spec.seed, weight_decay=5e-4, desc="teacher",
-        epoch_log_level=logging.INFO,  # minutes of work: show progress in logs, not only on a terminal
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -62,7 +62,6 @@ def fit(
     seed: int,
     weight_decay: float = 0.0,
     desc: str = "train",
-    epoch_log_level: int = logging.DEBUG,
     on_epoch_end: Callable[[int, float], None] | None = None,
 ) -> FitResult:
     """AdamW with cosine decay; stops after `patience` epochs without a better val accuracy and
@@ -90,7 +89,8 @@ def fit(
         scheduler.step()
         accuracy = evaluate_accuracy(model, val)
         history.append({"epoch": epoch, "loss": total_loss / max(1, batches), "val_accuracy": accuracy})
-        log.log(epoch_log_level, "%s epoch %d/%d: loss %.4f, val accuracy %.4f",
+        # One line per epoch: training takes minutes, and logs (CI, nohup) show no progress bar.
+        log.info("%s epoch %d/%d: loss %.4f, val accuracy %.4f",
                 desc, epoch, epochs, history[-1]["loss"], accuracy)
         if on_epoch_end is not None:
             on_epoch_end(epoch, accuracy)

@@ -11,6 +11,9 @@ import pytest
 # One cache for the whole session, outside the user's ~/.cache, so tests never read or write
 # a real cache and the tiny teacher trains once.
 os.environ.setdefault("EDGEKD_CACHE_DIR", tempfile.mkdtemp(prefix="edgekd-test-cache-"))
+# Tests that call nncf directly need the same patience for its C++ extension build as edgekd has
+# (edgekd/quantizers/nncf_int8.py explains).
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
 
 TINY = [
     "teacher.arch='resnet_s'", "teacher.epochs=2",

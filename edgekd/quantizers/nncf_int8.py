@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from edgekd.errors import MissingDependencyError
+
+# NNCF compiles a C++ extension on first use and gives up after 60 s by default; on a 2-core
+# machine that is busy the build takes longer (seen: a failed first quantize in CI-like runs).
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
 
 try:
     import nncf
