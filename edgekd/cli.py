@@ -75,7 +75,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--trust-pickle", action="store_true", default=None,
                       help="allow loading a fully pickled model (runs code from the file; only for sources you trust)")
     what.add_argument("--budget-ms", type=float, help="latency budget: batch-1 p50 in ms on the target "
-                      "(default: half the teacher's measured latency)")
+                      "(default: the teacher's measured latency / 2.5)")
     what.add_argument("--image-size", type=int, help="image-folder images are resized to this square size (default 32)")
     what.add_argument("--seed", type=int, help="seed for the data split and training (default 0)")
     how = parser.add_argument_group("recipe")

@@ -55,7 +55,7 @@ def test_default_budget_is_teacher_latency_over_speedup(tmp_path, monkeypatch):
     size = count_params(search.build_model(search.candidate_space(ctx)[0], 1, 10))
     monkeypatch.setattr(search, "measure_latency_ms", fake_latency({size: 1.0}))
     metrics = search.run(ctx)
-    assert metrics["budget_ms"] == pytest.approx(5.0)  # 10 ms teacher / default speed-up 2
+    assert metrics["budget_ms"] == pytest.approx(4.0)  # 10 ms teacher / default speed-up 2.5
     assert "teacher fp32 p50" in metrics["budget_source"]
 
 
