@@ -1,5 +1,4 @@
-"""Shared test settings: a throw-away teacher cache, and tiny recipe overrides that keep an end
-to end run to seconds (the pipeline is the same; only epochs, candidates and timing runs shrink)."""
+"""Shared test settings: a throw-away teacher cache, NNCF patience, and small fixtures."""
 
 from __future__ import annotations
 
@@ -14,26 +13,6 @@ os.environ.setdefault("EDGEKD_CACHE_DIR", tempfile.mkdtemp(prefix="edgekd-test-c
 # Tests that call nncf directly need the same patience for its C++ extension build as edgekd has
 # (edgekd/quantizers/nncf_int8.py explains).
 os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
-
-TINY = [
-    "teacher.arch='resnet_s'", "teacher.epochs=2",
-    "search.width_multipliers=[0.25,0.5]", "search.depth_options=[1]", "search.warmup=2", "search.runs=10",
-    "distill.epochs=2", "distill.qat_epochs=1", "distill.calibration_samples=64",
-    "bench.warmup=2", "bench.runs=10", "bench.throughput_batch=8", "bench.throughput_runs=3",
-]
-
-
-def tiny_args() -> list[str]:
-    """CLI arguments for a fast run: the tiny recipe, and a budget every candidate meets."""
-    args = ["--budget-ms", "1000"]
-    for item in TINY:
-        args += ["--set", item]
-    return args
-
-
-@pytest.fixture
-def tiny():
-    return tiny_args()
 
 
 @pytest.fixture(scope="module")

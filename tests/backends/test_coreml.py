@@ -6,6 +6,7 @@ import platform
 import numpy as np
 import pytest
 import torch
+from tiny_cnn import TinyCNN
 
 from edgekd.backends import get_backend
 from edgekd.errors import UserError
@@ -20,25 +21,13 @@ ON_MACOS = platform.system() == "Darwin"
 macos_only = pytest.mark.skipif(not ON_MACOS, reason="CoreML prediction is only supported on macOS")
 
 
-class TinyCNN(torch.nn.Module):
-    # conv2 has 16*32*3*3 = 4608 weights, above coremltools' 2048-element compression threshold,
-    # so int8/palettized really compress something.
-    def __init__(self):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(16, 32, 3, padding=1)
-        self.fc = torch.nn.Linear(32, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.conv1(x))
-        x = torch.relu(self.conv2(x))
-        return self.fc(x.mean(dim=(2, 3)))
-
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return TinyCNN().eval()
+    # conv2 has 16*32*3*3 = 4608 weights, above coremltools' 2048-element compression
+    # threshold, so int8/palettized really compress something.
+    return TinyCNN(channels=(16, 32)).eval()
 
 
 @pytest.fixture(scope="module")

@@ -12,36 +12,11 @@ onnxb = pytest.importorskip("edgekd.backends.onnx")
 METADATA = {"teacher": "resnet18", "stage": "distil"}
 
 
-class TinyCNN(torch.nn.Module):
-    # A subclass, not a bare nn.Sequential: NNCF's tracing breaks on a top-level Sequential.
-    def __init__(self):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(4, 8, 3, padding=1)
-        self.fc = torch.nn.Linear(8, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.conv1(x))
-        x = torch.relu(self.conv2(x))
-        return self.fc(x.mean(dim=(2, 3)))
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return TinyCNN().eval()
-
 
 @pytest.fixture(scope="module")
 def fp32_onnx(model, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "student.onnx"
     return onnxb.export(model, torch.rand(1, 1, 8, 8), path, metadata=METADATA)
-
-
-@pytest.fixture(scope="module")
-def samples():
-    torch.manual_seed(1)
-    return torch.rand(64, 1, 8, 8)
 
 
 def test_get_backend():

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_cnn import TinyCNN
 
 from edgekd.backends import get_backend
 from edgekd.errors import UserError
@@ -16,36 +17,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 METADATA = {"teacher": "resnet18", "stage": "distil", "note": 'odd "chars" & <more>'}
 
 
-class TinyCNN(torch.nn.Module):
-    # A subclass, not a bare nn.Sequential: NNCF's tracing breaks on a top-level Sequential.
-    def __init__(self):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(4, 8, 3, padding=1)
-        self.fc = torch.nn.Linear(8, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.conv1(x))
-        x = torch.relu(self.conv2(x))
-        return self.fc(x.mean(dim=(2, 3)))
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return TinyCNN().eval()
-
 
 @pytest.fixture(scope="module")
 def fp32_ir(model, tmp_path_factory):
     path = tmp_path_factory.mktemp("ov") / "student.xml"
     return ovb.export(model, torch.rand(1, 1, 8, 8), path, metadata=METADATA)
-
-
-@pytest.fixture(scope="module")
-def samples():
-    torch.manual_seed(1)
-    return torch.rand(64, 1, 8, 8)
 
 
 def test_import_backends_does_not_import_runtimes():

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from tiny_cnn import TinyCNN
 
 from edgekd.backends import get_backend, jetson, tensorrt_api, tensorrt_qdq
 from edgekd.backends import tensorrt as trtb
@@ -23,19 +24,6 @@ needs_tensorrt = pytest.mark.skipif(
     reason="TensorRT is not installed on this machine (no wheel reachable, no GPU)",
 )
 
-
-class TinyCNN(torch.nn.Module):
-    # A subclass, not a bare nn.Sequential: NNCF's tracing breaks on a top-level Sequential.
-    def __init__(self):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(4, 8, 3, padding=1)
-        self.fc = torch.nn.Linear(8, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.conv1(x))
-        x = torch.relu(self.conv2(x))
-        return self.fc(x.mean(dim=(2, 3)))
 
 
 def test_get_backend_imports_without_tensorrt():

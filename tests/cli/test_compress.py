@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tiny_args
+from tiny_recipe import tiny_args
 from edgekd.cli import main
 from edgekd.data import load_dataset
 from edgekd.pipeline import STAGES

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import tiny_args
+from tiny_recipe import tiny_args
 from edgekd.cli import main
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_args
+from tiny_recipe import tiny_args
 from edgekd.cli import main
 from edgekd.models import build_model
 
