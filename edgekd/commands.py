@@ -9,6 +9,7 @@ from pathlib import Path
 from edgekd.config import load_recipe, load_target, to_dict
 from edgekd.data import load_dataset
 from edgekd.errors import UserError
+from edgekd.models import resolve_arch
 from edgekd.run import RunContext, RunSpec, check_new_run_dir, default_run_name
 from edgekd.teacher import load_user_teacher
 
@@ -25,6 +26,8 @@ def open_run(args: argparse.Namespace, *, command: str) -> RunContext:
     target = load_target(args.target or "x86-cpu")
     recipe = load_recipe(args.recipe, args.overrides, bench_defaults=target.bench)
     _check_inputs(args)
+    for name in (recipe.teacher.arch, recipe.search.base):  # a typo here should fail now, not mid-run
+        resolve_arch(name)
     spec = RunSpec(
         target=to_dict(target), recipe=to_dict(recipe), data=_abs(args.data), teacher=_abs(args.teacher),
         teacher_arch=args.teacher_arch, trust_pickle=bool(args.trust_pickle), budget_ms=args.budget_ms,
@@ -71,8 +74,6 @@ def _check_inputs(args: argparse.Namespace) -> None:
     if args.image_size is not None and not 4 <= args.image_size <= 1024:
         raise UserError(f"--image-size must be between 4 and 1024, got {args.image_size}")
     if args.teacher_arch is not None:
-        from edgekd.models import resolve_arch
-
         resolve_arch(args.teacher_arch)
 
 

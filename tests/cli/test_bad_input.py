@@ -148,3 +148,9 @@ def test_help_mentions_the_main_options(capsys):
     text = capsys.readouterr().out
     for option in ("--target", "--teacher", "--teacher-arch", "--data", "--budget-ms", "--resume", "--trust-pickle"):
         assert option in text
+
+
+def test_unknown_architecture_in_the_recipe_fails_before_any_work(tmp_path, capsys):
+    code, err = run_cli(capsys, "compress", "--set", "teacher.arch=resnet_q", "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and "unknown architecture 'resnet_q'" in error_line(err)
+    assert not (tmp_path / "runs").exists()
