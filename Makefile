@@ -11,7 +11,7 @@ ARGS ?=
 help:
 	@echo "make compress        run 'edgekd compress --target x86-cpu' on the embedded default (digits)"
 	@echo "make test            run the test suite"
-	@echo "make test-slow       also run the slow tests"
+	@echo "make test-slow       run only the slow tests (the default compress at its real settings)"
 	@echo "make <target>        compress for one target file: $(TARGETS)"
 	@echo "make bench-fashion   the Fashion-MNIST benchmark (benchmarks/fashion_mnist.py)"
 
