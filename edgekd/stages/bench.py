@@ -25,9 +25,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
     search = ctx.result("search")
     student_arch = search["chosen_arch"]
     student = build_model(student_arch, data.input_shape[0], data.num_classes)
+    teacher_name = (ctx.teacher.arch or {}).get("name", "user model")  # TorchScript teachers have no record
+    # (arch name, params, MACs) of the torch model behind each artifact
     counts = {
-        "teacher": (ctx.teacher.arch, count_params(ctx.teacher.model), count_macs(ctx.teacher.model, data.input_shape)),
-        "student": (student_arch, count_params(student), count_macs(student, data.input_shape)),
+        "teacher": (teacher_name, count_params(ctx.teacher.model), count_macs(ctx.teacher.model, data.input_shape)),
+        "student": (student_arch["name"], count_params(student), count_macs(student, data.input_shape)),
     }
     models: dict[str, Any] = {}
     for key, path in artifact_paths(ctx).items():
@@ -39,7 +41,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         accuracy = backend.accuracy(path, data.test.x, data.test.y)
         arch, params, macs = counts["teacher" if key == "teacher" else "student"]
         models[key] = {
-            "arch": (arch or {}).get("name", "user model") if key == "teacher" else student_arch["name"],
+            "arch": arch,
             "precision": precision,
             "accuracy": accuracy,
             "latency_ms": {"p50": latency.p50_ms, "p90": latency.p90_ms, "p99": latency.p99_ms},
