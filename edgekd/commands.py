@@ -9,6 +9,7 @@ from pathlib import Path
 from edgekd.config import load_recipe, load_target, to_dict
 from edgekd.data import load_dataset
 from edgekd.errors import UserError
+from edgekd.kd import make_kd_loss
 from edgekd.models import resolve_arch
 from edgekd.run import RunContext, RunSpec, check_new_run_dir, default_run_name
 from edgekd.teacher import load_user_teacher
@@ -26,8 +27,10 @@ def open_run(args: argparse.Namespace, *, command: str) -> RunContext:
     target = load_target(args.target or "x86-cpu")
     recipe = load_recipe(args.recipe, args.overrides, bench_defaults=target.bench)
     _check_inputs(args)
-    for name in (recipe.teacher.arch, recipe.search.base):  # a typo here should fail now, not mid-run
+    # Typos in the recipe should fail now, not after minutes of teacher training and search.
+    for name in (recipe.teacher.arch, recipe.search.base):
         resolve_arch(name)
+    make_kd_loss(recipe.distill.loss, recipe.distill)
     spec = RunSpec(
         target=to_dict(target), recipe=to_dict(recipe), data=_abs(args.data), teacher=_abs(args.teacher),
         teacher_arch=args.teacher_arch, trust_pickle=bool(args.trust_pickle), budget_ms=args.budget_ms,

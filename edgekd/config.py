@@ -80,8 +80,15 @@ class DistillConfig:
     lr: float = 0.003
     qat_lr: float = 0.0002
     weight_decay: float = 0.0001
-    temperature: float = 4.0
-    alpha: float = 0.9  # weight of the KD term; 1 - alpha weighs the label loss
+    # KD loss, a name in edgekd.kd.KD_LOSSES: "hinton" (alpha * KD + (1 - alpha) * CE),
+    # "dist" (CE + DIST, Huang et al. 2022) or "dkd" (CE + DKD, Zhao et al. 2022)
+    loss: str = "hinton"
+    temperature: float = 4.0  # every loss's temperature (T; DIST's tau)
+    alpha: float = 0.9  # hinton only: weight of the KD term; 1 - alpha weighs the label loss
+    dist_beta: float = 1.0  # dist: weight of the inter-class relation term
+    dist_gamma: float = 1.0  # dist: weight of the intra-class relation term
+    dkd_alpha: float = 1.0  # dkd: weight of TCKD (target-class KD)
+    dkd_beta: float = 8.0  # dkd: weight of NCKD (non-target-class KD)
     patience: int = 8
     calibration_samples: int = 300
 

@@ -1,5 +1,6 @@
-"""Train the chosen student from the teacher: Hinton KD in fp32, then, when the target deploys
-INT8, quantization-aware training with the target's own quantizer and the same KD loss.
+"""Train the chosen student from the teacher: the recipe's KD loss (distill.loss) in fp32, then,
+when the target deploys INT8, quantization-aware training with the target's own quantizer and the
+same KD loss.
 
 Teacher logits are computed once (no augmentation, so they never change) and looked up by
 sample index, so the teacher does not run in every step.
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 
-from edgekd.kd import hinton_kd_loss
+from edgekd.kd import make_kd_loss
 from edgekd.models import build_model
 from edgekd.quantizers import get_quantizer
 from edgekd.run import RunContext
@@ -25,14 +26,15 @@ INT8_CHECKPOINT = "student_int8.pt"
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    data, settings = ctx.data, ctx.recipe.distill
+    settings = ctx.recipe.distill
+    objective = make_kd_loss(settings.loss, settings)  # an unknown name fails before any work
+    data = ctx.data
     arch = ctx.result("search")["chosen_arch"]
     out_dir = ctx.stage_dir("distill")
     teacher_logits = predict_logits(ctx.teacher.model, data.train.x)
 
     def kd_loss(logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return hinton_kd_loss(logits, teacher_logits[index], labels,
-                              temperature=settings.temperature, alpha=settings.alpha)
+        return objective(logits, teacher_logits[index], labels)
 
     torch.manual_seed(ctx.spec.seed)
     student = build_model(arch, data.input_shape[0], data.num_classes)

@@ -154,3 +154,10 @@ def test_unknown_architecture_in_the_recipe_fails_before_any_work(tmp_path, caps
     code, err = run_cli(capsys, "compress", "--set", "teacher.arch=resnet_q", "--runs-dir", str(tmp_path / "runs"))
     assert code == 2 and "unknown architecture 'resnet_q'" in error_line(err)
     assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_kd_loss_lists_the_known_ones_before_any_work(tmp_path, capsys):
+    code, err = run_cli(capsys, "compress", "--set", "distill.loss=dsit", "--runs-dir", str(tmp_path / "runs"))
+    line = error_line(err)
+    assert code == 2 and "did you mean 'dist'" in line and "known: dist, dkd, hinton" in line
+    assert not (tmp_path / "runs").exists()
