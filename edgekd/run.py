@@ -89,7 +89,7 @@ class RunContext:
     @classmethod
     def create(cls, run_dir: Path, spec: RunSpec, *, overwrite: bool = False) -> "RunContext":
         create_run_dir(run_dir, overwrite=overwrite)
-        _write_json(run_dir / "config.json", dataclasses.asdict(spec))
+        write_json(run_dir / "config.json", dataclasses.asdict(spec))
         context = cls(run_dir, spec, RunState(created=dt.datetime.now().isoformat(timespec="seconds")))
         context.save_state()
         return context
@@ -109,7 +109,7 @@ class RunContext:
 
     # ---- state ----------------------------------------------------------------------------
     def save_state(self) -> None:
-        _write_json(self.run_dir / "state.json", dataclasses.asdict(self.state))
+        write_json(self.run_dir / "state.json", dataclasses.asdict(self.state))
 
     def is_done(self, stage: str) -> bool:
         return stage in self.state.completed
@@ -144,11 +144,9 @@ class RunContext:
         return resolve_teacher(self)
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     """Write to a temporary file, then rename: a kill mid-write never leaves half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)
 
-
-write_json = _write_json
