@@ -26,6 +26,7 @@ from edgekd.data import DatasetSplits
 from edgekd.errors import UserError
 from edgekd.models import build_model, resolve_arch
 from edgekd.models.teacher import load_teacher
+from edgekd.run import write_json
 from edgekd.training import evaluate_accuracy, fit
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def resolve_teacher(ctx: "RunContext") -> Teacher:
     run_copy = ctx.run_dir / "teacher" / "teacher.pt"
     if ctx.spec.teacher is not None:
         return load_user_teacher(ctx.spec, data)
-    if run_copy.is_file():  # a resumed run keeps the teacher it started with
+    if run_copy.with_suffix(".json").is_file():  # a resumed run keeps the teacher it started with
         info = json.loads(run_copy.with_suffix(".json").read_text())
         model = build_model(info["arch"], channels, num_classes)
         model.load_state_dict(torch.load(run_copy, map_location="cpu", weights_only=True))
@@ -63,9 +64,9 @@ def resolve_teacher(ctx: "RunContext") -> Teacher:
     teacher = _cached_or_trained_teacher(ctx)
     run_copy.parent.mkdir(exist_ok=True)
     torch.save(teacher.model.state_dict(), run_copy)
-    run_copy.with_suffix(".json").write_text(
-        json.dumps({"arch": teacher.arch, "source": teacher.source, "val_accuracy": teacher.val_accuracy}, indent=2)
-    )
+    # The .json is written last and atomically: its presence marks a complete run copy.
+    write_json(run_copy.with_suffix(".json"),
+               {"arch": teacher.arch, "source": teacher.source, "val_accuracy": teacher.val_accuracy})
     return teacher
 
 
