@@ -9,8 +9,8 @@ import torch
 
 from edgekd.errors import UserError
 from edgekd.models import PRESETS, arch_name, build_model, resolve_arch, scale_width
+from edgekd.models.mobilenet import MobileNet
 from edgekd.models.resnet import ResNet
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("num_classes", [10, 7])
 def test_every_preset_builds_and_runs(preset, in_channels, num_classes):
     model = build_model(preset, in_channels, num_classes).eval()
-    assert isinstance(model, ResNet)
+    assert isinstance(model, {"resnet": ResNet, "mobilenet": MobileNet}[PRESETS[preset]["family"]])
     with torch.no_grad():
         for size in (8, 28, 32):
             out = model(torch.rand(2, in_channels, size, size))
@@ -141,10 +141,15 @@ def test_scale_width_rounds_up_to_multiple(width, multiplier, multiple, expected
 @pytest.mark.parametrize("multiplier", [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0])
 @pytest.mark.parametrize("multiple", [8, 16, 32])
 def test_scale_width_properties_on_presets(multiplier, multiple):
+    def widths(record):
+        if record["family"] == "mobilenet":
+            return [record["stem"], *(s["width"] for s in record["stages"]), record["head"]]
+        return [record["stem"], *record["widths"]]
+
     for name in PRESETS:
         base = resolve_arch(name)
         out = scale_width(base, multiplier, multiple)
-        for old, new in zip([base["stem"], *base["widths"]], [out["stem"], *out["widths"]]):
+        for old, new in zip(widths(base), widths(out)):
             assert new % multiple == 0
             assert new >= multiple
             assert new >= old * multiplier
