@@ -58,9 +58,25 @@ class TeacherConfig:
 
 @dataclass
 class SearchConfig:
-    base: str = "resnet_s"  # the student family's reference architecture
+    # The space: which families, and the choices within them (edgekd/nas/space.py).
+    # "teacher-derived" is the teacher with blocks removed and channels thinned (N2N-style).
+    families: list[str] = field(default_factory=lambda: ["resnet", "mobilenet", "teacher-derived"])
+    base: str = "resnet_s"  # the resnet family's reference architecture (widths x multiplier)
+    mobilenet_base: str = "mobilenet_s"  # the inverted-residual family's reference architecture
     width_multipliers: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 1.5, 2.0])
-    depth_options: list[int] = field(default_factory=lambda: [1, 2])
+    depth_options: list[int] = field(default_factory=lambda: [1, 2])  # per stage
+    kernel_options: list[int] = field(default_factory=lambda: [3, 5])  # mobilenet, per stage
+    expand_options: list[int] = field(default_factory=lambda: [3, 6])  # mobilenet, per stage
+    se_options: list[bool] = field(default_factory=lambda: [False, True])  # mobilenet, per stage
+    # Score without training (edgekd/nas/proxies.py): diswot, naswot, synflow, params, macs.
+    score: str = "diswot"
+    proxy_batch: int = 64  # training images the proxies look at
+    # Latency of each trial: "predicted" (the target's table, edgekd lut) or "measured" (export
+    # and time every candidate; slow). Finalists are always measured when the device is here.
+    latency: str = "predicted"
+    trials: int = 150  # Optuna trials (NSGA-II, score up and latency down)
+    finalists: int = 4  # best-scoring fitting candidates measured on the device
+    max_attempts: int = 3  # students tried when the shipped artifact misses the budget
     # Pick candidates whose measured latency is at most margin x budget: timing on a shared CPU
     # varies by ~10-15% between runs, and the final artifact is measured again in bench.
     latency_margin: float = 0.8

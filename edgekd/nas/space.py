@@ -1,0 +1,154 @@
+"""The student search space: which architectures a search may pick, as records.
+
+Three families (recipe `search.families`):
+- "resnet": the base resnet record (`search.base`) with one width multiplier for the whole net
+  and a depth per stage;
+- "mobilenet": the base inverted-residual record (`search.mobilenet_base`) with one width
+  multiplier and, per stage, depth, kernel, expansion and squeeze-excitation;
+- "teacher-derived": the teacher with blocks removed and channels thinned (N2N-style,
+  edgekd/models/derived.py); for a built-in teacher these are ordinary records.
+
+One width multiplier per net (not per stage), as in MobileNet: the first block of a stage then has
+one possible input width per multiplier, which keeps the latency table small enough to measure.
+Every record's widths are rounded to the target's fast channel multiple.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from typing import Any
+
+from edgekd.config import SearchConfig
+from edgekd.errors import UserError
+from edgekd.models import resolve_arch, scale_width
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("resnet", "mobilenet", "teacher-derived")
+
+
+def record_key(record: dict[str, Any]) -> str:
+    """One string per architecture (ignoring its display name), for deduplication and caches."""
+    return json.dumps({k: v for k, v in record.items() if k != "name"}, sort_keys=True, separators=(",", ":"))
+
+
+def check_space(settings: SearchConfig) -> None:
+    """Fail before any work on a space that cannot be searched."""
+    unknown = [name for name in settings.families if name not in FAMILIES]
+    if unknown or not settings.families:
+        raise UserError(f"search.families {settings.families}: choose from {', '.join(FAMILIES)}")
+    for name in ("width_multipliers", "depth_options", "kernel_options", "expand_options", "se_options"):
+        if not getattr(settings, name):
+            raise UserError(f"search.{name} is empty: give at least one choice")
+    if any(m <= 0 for m in settings.width_multipliers):
+        raise UserError(f"search.width_multipliers must be > 0, got {settings.width_multipliers}")
+    if any(d < 1 for d in settings.depth_options):
+        raise UserError(f"search.depth_options must be >= 1, got {settings.depth_options}")
+    if any(k % 2 == 0 or k < 1 for k in settings.kernel_options):
+        raise UserError(f"search.kernel_options must be odd, got {settings.kernel_options}")
+    resolve_arch(settings.base)
+    if "mobilenet" in settings.families:
+        resolve_arch(settings.mobilenet_base)
+
+
+def resnet_record(settings: SearchConfig, width: float, depths: list[int], channel_multiple: int) -> dict[str, Any]:
+    base = resolve_arch(settings.base)
+    base.pop("name", None)
+    return scale_width({**base, "depths": list(depths)}, width, channel_multiple)
+
+
+def mobilenet_record(settings: SearchConfig, width: float, stages: list[dict[str, Any]], channel_multiple: int) -> dict[str, Any]:
+    """`stages` gives per-stage depth/kernel/expand/se; widths and strides come from the base."""
+    base = resolve_arch(settings.mobilenet_base)
+    base.pop("name", None)
+    record = copy.deepcopy(base)
+    for stage, choice in zip(record["stages"], stages):
+        stage.update(choice)
+    return scale_width(record, width, channel_multiple)
+
+
+def suggest_record(trial, settings: SearchConfig, channel_multiple: int, derived: list[dict[str, Any]]) -> dict[str, Any]:
+    """One architecture from an Optuna trial. Parameter names are fixed per family, so NSGA-II
+    crosses over the choices the trials share."""
+    families = [f for f in settings.families if f != "teacher-derived" or derived]
+    family = trial.suggest_categorical("family", families)
+    if family == "teacher-derived":
+        index = trial.suggest_int("derived_index", 0, len(derived) - 1)
+        return copy.deepcopy(derived[index])
+    width = trial.suggest_categorical(f"{family}_width", settings.width_multipliers)
+    if family == "resnet":
+        stages = len(resolve_arch(settings.base)["depths"])
+        depths = [trial.suggest_categorical(f"resnet_depth{i}", settings.depth_options) for i in range(stages)]
+        return resnet_record(settings, width, depths, channel_multiple)
+    choices = []
+    for i in range(len(resolve_arch(settings.mobilenet_base)["stages"])):
+        choices.append({
+            "depth": trial.suggest_categorical(f"mobilenet_depth{i}", settings.depth_options),
+            "kernel": trial.suggest_categorical(f"mobilenet_kernel{i}", settings.kernel_options),
+            "expand": trial.suggest_categorical(f"mobilenet_expand{i}", settings.expand_options),
+            "se": trial.suggest_categorical(f"mobilenet_se{i}", settings.se_options),
+        })
+    return mobilenet_record(settings, width, choices, channel_multiple)
+
+
+def covering_records(settings: SearchConfig, channel_multiple: int, derived: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Few records whose blocks, together, are every block any record of the space can contain.
+
+    A stage's blocks are its first block (which depends on the width multiplier and the stage's
+    own choices) and copies of one repeated block, so the deepest record per (multiplier, per-stage
+    choice) covers every shallower one. The latency table is built from these records' blocks.
+    """
+    records: list[dict[str, Any]] = []
+    deepest = max(settings.depth_options)
+    for width in settings.width_multipliers:
+        if "resnet" in settings.families:
+            stages = len(resolve_arch(settings.base)["depths"])
+            records.append(resnet_record(settings, width, [deepest] * stages, channel_multiple))
+        if "mobilenet" in settings.families:
+            stages = len(resolve_arch(settings.mobilenet_base)["stages"])
+            for kernel in settings.kernel_options:
+                for expand in settings.expand_options:
+                    for se in settings.se_options:
+                        choice = {"depth": deepest, "kernel": kernel, "expand": expand, "se": se}
+                        records.append(mobilenet_record(settings, width, [choice] * stages, channel_multiple))
+    if "teacher-derived" in settings.families:
+        records.extend(r for r in derived if r.get("family") != "derived")  # module-derived: no plan
+    return records
+
+
+def space_block_specs(
+    settings: SearchConfig,
+    in_channels: int,
+    num_classes: int,
+    input_hw: tuple[int, int],
+    channel_multiple: int,
+    derived: list[dict[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """Every distinct block spec (edgekd/models/blocks.py) of the space, in a stable order."""
+    from edgekd.models.blocks import block_key, layer_plan
+
+    specs: dict[str, dict[str, Any]] = {}
+    for record in covering_records(settings, channel_multiple, derived):
+        for spec in layer_plan(record, in_channels, num_classes, input_hw):
+            specs.setdefault(block_key(spec), spec)
+    log.debug("search space: %d distinct blocks", len(specs))
+    return list(specs.values())
+
+
+def sample_records(settings: SearchConfig, n: int, seed: int, channel_multiple: int, derived: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """`n` distinct records drawn uniformly from the space (benchmarks, predictor checks)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    seen: dict[str, dict[str, Any]] = {}
+    for _ in range(n * 50):
+        if len(seen) == n:
+            break
+        trial = study.ask()
+        record = suggest_record(trial, settings, channel_multiple, list(derived))
+        seen.setdefault(record_key(record), record)
+        study.tell(trial, 0.0)
+    return list(seen.values())
