@@ -1,0 +1,1 @@
+"""Student search: the space, zero-cost proxies and the search loop."""
