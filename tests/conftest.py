@@ -10,6 +10,7 @@ import pytest
 # One cache for the whole session, outside the user's ~/.cache, so tests never read or write
 # a real cache and the tiny teacher trains once.
 os.environ.setdefault("EDGEKD_CACHE_DIR", tempfile.mkdtemp(prefix="edgekd-test-cache-"))
+os.environ.setdefault("EDGEKD_BENCHMARKS_DIR", tempfile.mkdtemp(prefix="edgekd-test-benchmarks-"))
 # Tests that call nncf directly need the same patience for its C++ extension build as edgekd has
 # (edgekd/quantizers/nncf_int8.py explains).
 os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
