@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run_options(sub)
     targets = commands.add_parser("targets", help="list the known targets")
     targets.set_defaults(command="targets")
+    lut = commands.add_parser(
+        "lut", help="measure the target's per-block latency table, from which search predicts latency",
+        description="Time every block of the search space on the target backend at the deployed precision "
+        "(differential timing, see edgekd/latency/lut.py) and save the table to "
+        "benchmarks/<target>/lut-<precision>-<C>x<H>x<W>.json ($EDGEKD_BENCHMARKS_DIR instead of ./benchmarks "
+        "when set). The table is saved after every block: run the same command again to resume.",
+    )
+    _add_lut_options(lut)
     return parser
 
 
@@ -92,6 +100,35 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     out.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 
 
+def _add_lut_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", help="device name (see `edgekd targets`) or a target YAML file; default x86-cpu")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--input-size", metavar="CxHxW", help="model input, e.g. 3x224x224 (default: the dataset's)")
+    size.add_argument("--data", help="dataset whose input size and class count the table is for "
+                      "(as in `edgekd compress`); default: the embedded digits, 1x8x8, 10 classes")
+    parser.add_argument("--num-classes", type=int, help="classes of the head blocks (default: the dataset's; "
+                        "10 with --input-size)")
+    parser.add_argument("--precision", help="fp32 or int8 (default: the target's deployed precision)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a recipe value, e.g. --set search.families=\"['resnet']\" (the space to cover) "
+                        "or --set search.runs=50 (the timing protocol); repeatable")
+    parser.add_argument("--force", action="store_true", help="measure every block again instead of resuming")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+
+def _build_lut(args: argparse.Namespace) -> int:
+    from edgekd.commands import build_latency_table  # imports torch; keep `--help` fast
+
+    path, table, count = build_latency_table(args)
+    shape = "x".join(str(v) for v in table.input_shape)
+    print(f"latency table: {path}")
+    print(f"{count} blocks of the search space ({len(table.blocks)} in the table), {table.precision} {shape} "
+          f"on {table.target} ({table.backend} {table.backend_version}); per-inference overhead "
+          f"{table.overhead_ms:.4f} ms")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -100,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "targets":
             return _list_targets()
+        if args.command == "lut":
+            return _build_lut(args)
         from edgekd.commands import open_run  # imports torch; keep `--help` fast
 
         ctx = open_run(args, command="edgekd " + " ".join(shlex.quote(a) for a in argv))
@@ -117,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         hint = f"; resume with: edgekd compress --resume {run_dir}" if run_dir else ""
+        if args.command == "lut":
+            hint = "; run the same command again to resume (measured blocks are kept)"
         print(f"edgekd: interrupted{hint}", file=sys.stderr)
         return 130
 

@@ -82,3 +82,47 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
 def _abs(path: str | None) -> str | None:
     return str(Path(path).resolve()) if path is not None else None
+
+
+def build_latency_table(args: argparse.Namespace):
+    """`edgekd lut`: the target's latency table for every block of the search space, at the
+    dataset's input shape or --input-size. Returns (table path, table, number of space blocks)."""
+    from edgekd.latency.lut import build_lut, table_path
+    from edgekd.nas.space import check_space, space_block_specs
+
+    target = load_target(args.target or "x86-cpu")
+    recipe = load_recipe(None, args.overrides, bench_defaults=target.bench)
+    check_space(recipe.search)
+    precision = args.precision or target.precision
+    if precision not in target.precisions:
+        raise UserError(f"--precision {precision!r}: target {target.name} runs {', '.join(target.precisions)}")
+    if args.num_classes is not None and args.num_classes < 1:
+        raise UserError(f"--num-classes must be at least 1, got {args.num_classes}")
+    if args.input_size is not None:
+        input_shape, num_classes = parse_input_size(args.input_size), args.num_classes or 10
+    else:
+        if args.data is not None and not Path(args.data).exists():
+            raise UserError(f"dataset path '{args.data}' does not exist")
+        data = load_dataset(_abs(args.data), seed=0)
+        input_shape, num_classes = data.input_shape, args.num_classes or data.num_classes
+    derived = []
+    if "teacher-derived" in recipe.search.families:  # the built-in teacher's derived students
+        from edgekd.models.derived import derive_from_record
+
+        derived = derive_from_record(recipe.teacher.arch, target.channel_multiple)
+    specs = space_block_specs(recipe.search, input_shape[0], num_classes, input_shape[1:], target.channel_multiple,
+                              derived)
+    table = build_lut(target, specs, precision, input_shape=input_shape, warmup=recipe.search.warmup,
+                      runs=recipe.search.runs, threads=recipe.bench.threads, force=args.force)
+    return table_path(target.name, precision, input_shape), table, len(specs)
+
+
+def parse_input_size(text: str) -> tuple[int, int, int]:
+    """'3x224x224' -> (3, 224, 224): channels x height x width."""
+    parts = text.strip().lower().split("x")
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        raise UserError(f"--input-size must be CHANNELSxHEIGHTxWIDTH, e.g. 3x224x224; got {text!r}")
+    c, h, w = (int(part) for part in parts)
+    if not (1 <= c <= 64 and 4 <= h <= 4096 and 4 <= w <= 4096):
+        raise UserError(f"--input-size {text!r}: channels must be 1-64 and height/width 4-4096")
+    return c, h, w
