@@ -12,7 +12,7 @@ What each proxy follows:
   the index as lliai/DisWOT-CVPR2023; the paper's own text was not consulted beyond its abstract):
   * both networks get the code's `network_weight_gaussian_init` (conv and linear weights N(0, 1),
     biases 0, norm layers weight 1 / bias 0) and run in train mode, so BatchNorm uses the batch's
-    statistics (searcher/rand_search_nb201.py, exps/rank_nb101_201.py never call eval());
+    statistics (searcher/rand_search_nb201.py initialises both so and never calls eval());
   * relation similarity: README.md "Core Code" `batch_similarity` = distiller_zoo's SP loss on the
     activation before global pooling: G = f f^T over the batch (B x B), rows L2-normalised
     (F.normalize), distance = sum((G_t - G_s)^2) / B^2;
@@ -20,8 +20,9 @@ What each proxy follows:
     cross-entropy loss with respect to the classifier's weight ("grad-cam of fc layer", a K x C
     matrix for K classes), compared with distiller_zoo/ICKD.py's `batch_loss`
     (searcher/evo_search_nb201.py);
-  * score = -(semantic distance + relation distance), unweighted, as in the authors' NAS-Bench-201
-    rank script (`result = score_sp + score_ickd`).
+  * score = -(semantic distance + relation distance), unweighted, as in the code's NAS-Bench-201
+    rank-consistency function `compute_diswot_procedure` (`result = score_sp + score_ickd`; the
+    code index holds it without its file path).
   One departure, because the code cannot run here otherwise: ICKD builds a per-class C x C matrix
   from the K x C gradient and subtracts teacher from student, which needs both to end with the same
   channel count C (true in the official NAS-Bench setups, where teacher and students all end at 64
