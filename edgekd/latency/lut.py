@@ -18,17 +18,18 @@ and its jitter, so a block is timed as the difference between two probes that di
 Both probes pay the same fixed costs (the call, waking the runtime's threads, taking in the
 input and, in INT8, quantizing it), so the difference is the block's marginal cost: what it
 adds inside a model, where the block before it hands over an already quantized input (OpenVINO
-fuses the next FakeQuantize into the previous op). The 1-copy probe is timed right before and
-right after the other and the two averaged, so slow drift on a shared machine cancels to first
-order; a difference below zero (noise on a near-free block) counts as 0 and stays in the row as
-`raw_ms`.
+fuses the next FakeQuantize into the previous op). On a shared machine one timing can be off by
+tens of percent (another process takes a core for a while), so the two probes are timed in
+`rounds` pairs, in alternating order (1-copy first, then the other first, ...) so that slow drift
+cancels, and the block's cost is the median of the per-pair differences: one bad pair cannot move
+it. A difference below zero (noise on a near-free block) counts as 0 and stays in the row as
+`raw_ms`, with the pairs' spread as `spread_ms`.
 
 Fixed cost. A model costs its blocks plus a per-inference overhead: `overhead_ms`, what a
 one-block model costs beyond its block (p50(1 copy) - ms), the median over the table's stems
 (they take the model's own input) or over all blocks when it has no stem. An empty model (input
-returned as output) is also timed and kept as `empty_ms`, but it is no stand-in for the overhead:
-with no op to run it skips the thread wake-up every real model pays (measured here: a one-block
-probe costs ~25 us more than its block's marginal cost on top of the empty model's ~35 us).
+returned as output) is also timed and kept as `empty_ms` for reference; it is no stand-in for
+a model's fixed cost, as it runs no op at all (no thread hand-off, no quantization of the input).
 
 Probes are built and quantized like the artifact that ships: the torch probe goes through the
 target's quantizer (`prepare_int8`, NNCF PTQ, calibrated on random inputs at the block's input
@@ -38,11 +39,12 @@ then its `benchmark` with the search's (shorter) protocol.
 The table is saved after every block, so a killed build loses at most one block and the same call
 resumes; a table measured with another backend version, threads setting or input shape is not
 resumed but measured again. Cost: two exports per block (the 1-copy and the `copies` probe);
-tracing and quantizing dominate (~1-3 s per block at 8x8 on 2 cores), timing is ~0.5 s.
+tracing and quantizing dominate (3-9 s per block at 8x8 on a busy 2-core machine), timing ~1 s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -50,6 +52,7 @@ import logging
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +73,7 @@ from edgekd.run import write_json
 log = logging.getLogger(__name__)
 
 DEFAULT_COPIES = 2
+DEFAULT_ROUNDS = 3
 # What a table's numbers depend on: a saved table with other values is measured again.
 _IDENTITY = ("target", "backend", "backend_version", "precision", "input_shape", "threads")
 
@@ -132,6 +136,7 @@ def build_lut(
     runs: int,
     threads: int | None = None,
     copies: int = DEFAULT_COPIES,
+    rounds: int = DEFAULT_ROUNDS,
     calibration_samples: int = 16,
     force: bool = False,
 ) -> LatencyTable:
@@ -140,8 +145,9 @@ def build_lut(
     Blocks already in a matching saved table are kept unless `force`."""
     if precision not in target.precisions:
         raise UserError(f"target {target.name} runs {target.precisions}, not {precision!r}")
-    if copies < 2 or warmup < 0 or runs < 1:
-        raise ValueError(f"copies must be >= 2, runs >= 1, warmup >= 0; got {copies}, {runs}, {warmup}")
+    if copies < 2 or rounds < 1 or warmup < 0 or runs < 1:
+        raise ValueError(f"need copies >= 2, rounds >= 1, runs >= 1, warmup >= 0; got {copies}, {rounds}, {runs}, "
+                         f"{warmup}")
     backend = get_backend(target.backend)
     quantizer = get_quantizer(target.quantizer) if precision == "int8" else None
     path = table_path(target.name, precision, input_shape)
@@ -154,7 +160,7 @@ def build_lut(
     now = dt.datetime.now().isoformat(timespec="seconds")
     table.conditions = {
         "device": cpu_name(), "runtime_precision": backend.precision_note(), "warmup": warmup, "runs": runs,
-        "copies": copies, "quantizer": f"{target.quantizer} {quantizer.version()}" if quantizer else None,
+        "copies": copies, "rounds": rounds, "quantizer": f"{target.quantizer} {quantizer.version()}" if quantizer else None,
         "started": table.conditions.get("started", now), "updated": now,
     }
     unique = {block_key(spec): spec for spec in specs}
@@ -162,9 +168,9 @@ def build_lut(
     log.info("lut: %s %s %s: timing %d blocks (%d already in %s)", target.name, precision,
              "x".join(map(str, input_shape)), len(todo), len(unique) - len(todo), path)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgekd-lut-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgekd-lut-") as tmp, _quiet_exports():
         prober = _Prober(backend, quantizer, Path(tmp), warmup=warmup, runs=runs, threads=threads,
-                         copies=copies, calibration_samples=calibration_samples)
+                         copies=copies, rounds=rounds, calibration_samples=calibration_samples)
         if table.empty_ms is None:
             table.empty_ms = prober.empty_ms(tuple(input_shape))
         table.save(path)
@@ -176,6 +182,19 @@ def build_lut(
     log.info("lut: %d blocks timed in %.1f s (%.2f s per block); overhead %s ms; table %s", len(todo), elapsed,
              elapsed / max(len(todo), 1), table.overhead_ms, path)
     return table
+
+
+@contextlib.contextmanager
+def _quiet_exports() -> Iterator[None]:
+    """Probe exports are not artifacts: their per-file INFO lines would bury the progress."""
+    logger = logging.getLogger("edgekd.backends")
+    previous = logger.level
+    if not logger.isEnabledFor(logging.DEBUG):
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def overhead_ms(table: LatencyTable) -> float | None:
@@ -237,10 +256,10 @@ class _Prober:
     """Exports and times probes; one empty model per input shape, exported once."""
 
     def __init__(self, backend, quantizer, workdir: Path, *, warmup: int, runs: int, threads: int | None,
-                 copies: int, calibration_samples: int):
+                 copies: int, rounds: int, calibration_samples: int):
         self.backend, self.quantizer, self.workdir = backend, quantizer, workdir
         self.warmup, self.runs, self.threads = warmup, runs, threads
-        self.copies, self.calibration_samples = copies, calibration_samples
+        self.copies, self.rounds, self.calibration_samples = copies, rounds, calibration_samples
         self._empty: dict[tuple[int, ...], Path] = {}
 
     def _p50_ms(self, path: Path) -> float:
@@ -270,12 +289,18 @@ class _Prober:
         chained = features["out_shape"] == list(block_input_shape(spec))
         one_path = self._export_probe(spec, 1, chained)
         many_path = self._export_probe(spec, self.copies, chained)
-        before = self._p50_ms(one_path)
-        many_ms = self._p50_ms(many_path)
-        one_ms = (before + self._p50_ms(one_path)) / 2
-        raw_ms = (many_ms - one_ms) / (self.copies - 1)
+        ones, manys, diffs = [], [], []
+        for pair in range(self.rounds):
+            first, second = (one_path, many_path) if pair % 2 == 0 else (many_path, one_path)
+            p50 = {first: self._p50_ms(first), second: self._p50_ms(second)}
+            ones.append(p50[one_path])
+            manys.append(p50[many_path])
+            diffs.append(p50[many_path] - p50[one_path])
+        one_ms, many_ms = statistics.median(ones), statistics.median(manys)
+        raw_ms = statistics.median(diffs) / (self.copies - 1)
         row = {
             "spec": spec, "ms": max(raw_ms, 0.0), "raw_ms": raw_ms, "one_ms": one_ms, "many_ms": many_ms,
+            "spread_ms": (max(diffs) - min(diffs)) / (self.copies - 1), "rounds": self.rounds,
             "copies": self.copies, "scheme": "chain" if chained else "parallel",
             "macs": features["macs"], "activations": features["activations"],
             "seconds": round(time.perf_counter() - start, 2),

@@ -45,6 +45,7 @@ class LatencyPredictor:
         self.num_classes = num_classes
         self.scale, self.offset = 1.0, 0.0
         self.calibration: dict[str, Any] = {"method": "none", "records": 0}
+        self.stale: str | None = None  # why the table may no longer match the installed runtime
         self.last_missing: list[str] = []  # block keys estimated (not in the table) by the last prediction
         self._features: dict[str, dict[str, Any]] = {}
         self._models: dict[str, tuple[str, np.ndarray]] = {}
@@ -59,6 +60,10 @@ class LatencyPredictor:
             raise UserError(f"no latency table for {target_name} at {precision} {c}x{h}x{w} ({path}); build it with "
                             f"`edgekd lut --target {target_name} --input-size {c}x{h}x{w} --precision {precision}`")
         predictor = cls(LatencyTable.load(path), num_classes)
+        predictor.stale = stale_reason(predictor.table)
+        if predictor.stale:
+            log.warning("latency table %s: %s; its predictions may be off, rebuild it with `edgekd lut --force`",
+                        path, predictor.stale)
         if calibrate:
             predictor.calibrate(load_records(target_name, input_shape, precision))
         return predictor
@@ -151,6 +156,20 @@ class LatencyPredictor:
         if "macs" not in row or "activations" not in row:
             row = {**row, **block_features(row["spec"])}
         return row["macs"], row["activations"], row["ms"]
+
+
+def stale_reason(table: LatencyTable) -> str | None:
+    """Why `table` may not describe the runtime installed here (None: it does, or the runtime is
+    not installed here, as when predicting for a device that is not attached)."""
+    from edgekd.backends import get_backend
+
+    try:
+        installed = get_backend(table.backend).version()
+    except UserError:
+        return None
+    if installed != table.backend_version:
+        return f"measured with {table.backend} {table.backend_version}, {installed} is installed"
+    return None
 
 
 def fit_calibration(table_ms: np.ndarray, measured_ms: np.ndarray) -> tuple[float, float, str]:

@@ -21,7 +21,7 @@ from edgekd.quantizers import get_quantizer
 
 SHAPE = (1, 8, 8)
 TINY = {"family": "resnet", "stem": 8, "widths": [8], "depths": [1]}  # stem 1->8, block 8->8, head 8->10
-PROTOCOL = {"warmup": 5, "runs": 40}
+PROTOCOL = {"warmup": 5, "runs": 30}
 
 
 @pytest.fixture()
@@ -48,7 +48,7 @@ def test_build_resumes_a_partial_table_and_predicts_a_tiny_model(x86):
     partial.save(path)
 
     start = time.perf_counter()
-    table = build_lut(x86, [stem, block, head, block], "int8", input_shape=SHAPE, **PROTOCOL)
+    table = build_lut(x86, [stem, block, head, block], "int8", input_shape=SHAPE, rounds=2, **PROTOCOL)
     elapsed = time.perf_counter() - start
 
     saved = json.loads(path.read_text())
@@ -60,7 +60,7 @@ def test_build_resumes_a_partial_table_and_predicts_a_tiny_model(x86):
     assert saved["conditions"]["quantizer"].startswith("nncf ") and saved["empty_ms"] > 0
     stem_row = saved["blocks"][block_key(stem)]
     assert saved["overhead_ms"] == pytest.approx(stem_row["one_ms"] - stem_row["raw_ms"])  # the only stem
-    assert elapsed < 60, f"two tiny blocks took {elapsed:.0f} s"
+    assert elapsed < 90, f"two tiny blocks took {elapsed:.0f} s"
 
     # The tiny model itself, exported and timed as the search times a candidate.
     model = build_model(TINY, SHAPE[0], 10).eval()
