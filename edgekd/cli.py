@@ -84,6 +84,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                       help="allow loading a fully pickled model (runs code from the file; only for sources you trust)")
     what.add_argument("--budget-ms", type=float, help="latency budget: batch-1 p50 in ms on the target "
                       "(default: the teacher's measured latency / 2.5)")
+    what.add_argument("--storage", metavar="URL",
+                      help="database URL of the search's Optuna study (e.g. postgresql://host/db, so that many "
+                      "workers share one study); default: SQLite inside the run dir")
     what.add_argument("--image-size", type=int, help="image-folder images are resized to this square size (default 32)")
     what.add_argument("--seed", type=int, help="seed for the data split and training (default 0)")
     how = parser.add_argument_group("recipe")

@@ -11,14 +11,16 @@ from edgekd.data import load_dataset
 from edgekd.errors import UserError
 from edgekd.kd import make_kd_loss
 from edgekd.models import resolve_arch
+from edgekd.nas.space import check_space
 from edgekd.run import RunContext, RunSpec, check_new_run_dir, default_run_name
+from edgekd.stages.search import check_search_methods
 from edgekd.teacher import load_user_teacher
 
 log = logging.getLogger(__name__)
 
 # Options that define what a run computes; a resumed run takes them from its config.json.
-_SPEC_OPTIONS = ("target", "data", "teacher", "teacher_arch", "trust_pickle", "budget_ms", "image_size",
-                 "seed", "recipe", "overrides", "name", "overwrite")
+_SPEC_OPTIONS = ("target", "data", "teacher", "teacher_arch", "trust_pickle", "budget_ms", "storage",
+                 "image_size", "seed", "recipe", "overrides", "name", "overwrite")
 
 
 def open_run(args: argparse.Namespace, *, command: str) -> RunContext:
@@ -28,12 +30,14 @@ def open_run(args: argparse.Namespace, *, command: str) -> RunContext:
     recipe = load_recipe(args.recipe, args.overrides, bench_defaults=target.bench)
     _check_inputs(args)
     # Typos in the recipe should fail now, not after minutes of teacher training and search.
-    for name in (recipe.teacher.arch, recipe.search.base):
-        resolve_arch(name)
+    resolve_arch(recipe.teacher.arch)
+    check_space(recipe.search)
+    check_search_methods(recipe.search)
     make_kd_loss(recipe.distill.loss, recipe.distill)
     spec = RunSpec(
         target=to_dict(target), recipe=to_dict(recipe), data=_abs(args.data), teacher=_abs(args.teacher),
         teacher_arch=args.teacher_arch, trust_pickle=bool(args.trust_pickle), budget_ms=args.budget_ms,
+        storage=args.storage,
         seed=args.seed if args.seed is not None else 0,
         image_size=args.image_size if args.image_size is not None else 32, command=command,
     )

@@ -71,10 +71,13 @@ class SearchConfig:
     # Score without training (edgekd/nas/proxies.py): diswot, naswot, synflow, params, macs.
     score: str = "diswot"
     proxy_batch: int = 64  # training images the proxies look at
-    # Latency of each trial: "predicted" (the target's table, edgekd lut) or "measured" (export
-    # and time every candidate; slow). Finalists are always measured when the device is here.
-    latency: str = "predicted"
-    trials: int = 150  # Optuna trials (NSGA-II, score up and latency down)
+    # Latency of each trial: "predicted" (the target's table from `edgekd lut`; blocks the table
+    # lacks are timed first), "measured" (export and time every candidate: ~3 s each on a 2-core
+    # CPU), or "auto": predicted when the target has a table at this input size, else measured.
+    # Finalists are always measured on the device.
+    latency: str = "auto"
+    trials: int = 60  # Optuna trials (NSGA-II, score up and latency down); a repeated arch is not re-evaluated
+    population: int = 16  # NSGA-II population per generation
     finalists: int = 4  # best-scoring fitting candidates measured on the device
     max_attempts: int = 3  # students tried when the shipped artifact misses the budget
     # Pick candidates whose measured latency is at most margin x budget: timing on a shared CPU

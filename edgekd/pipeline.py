@@ -23,11 +23,36 @@ def run_pipeline(ctx: RunContext, *, until: str | None = None, redo: str | None 
     if until is not None and until not in STAGES:
         raise UserError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     last = STAGES.index(until) if until else len(STAGES) - 1
-    for name in STAGES[: last + 1]:
-        if ctx.is_done(name) and name != redo:
-            log.info("stage %s: already done, skipping (resumed run)", name)
-            continue
-        run_stage(ctx, name)
+    while True:
+        for name in STAGES[: last + 1]:
+            if ctx.is_done(name) and name != redo:
+                log.info("stage %s: already done, skipping (resumed run)", name)
+                continue
+            run_stage(ctx, name)
+            if name == redo:
+                redo = None  # once: a re-selection loop must not rerun it again
+        # The feedback loop: a shipped artifact that misses the budget sends the run back to the
+        # next student on the search's front, a bounded number of times (each attempt is reported).
+        if last < STAGES.index("report") or not _reselect_after_miss(ctx):
+            return
+
+
+def _reselect_after_miss(ctx: RunContext) -> bool:
+    """True when bench missed the budget and search chose another student (later stages are
+    then forgotten, so the loop runs them again)."""
+    from edgekd.stages import search
+
+    bench = ctx.result("bench")
+    if bench["budget_met"]:
+        return False
+    if not search.reselect(ctx, bench):
+        log.warning("budget missed and no student left to try (%d attempt(s), search.max_attempts %d)",
+                    len(ctx.result("search").get("attempts", [])), ctx.recipe.search.max_attempts)
+        return False
+    for later in STAGES[STAGES.index("distill") :]:
+        ctx.forget(later)
+    ctx.save_state()
+    return True
 
 
 def run_stage(ctx: RunContext, name: str) -> dict:

@@ -39,6 +39,7 @@ class RunSpec:
     teacher_arch: str | None = None
     trust_pickle: bool = False
     budget_ms: float | None = None
+    storage: str | None = None  # the search study's database URL; None: SQLite in the run dir
     seed: int = 0
     image_size: int = 32
     command: str = ""

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 TINY = [
     "teacher.arch='resnet_s'", "teacher.epochs=2",
-    "search.width_multipliers=[0.25,0.5]", "search.depth_options=[1]", "search.warmup=2", "search.runs=10",
+    "search.families=['resnet']", "search.width_multipliers=[0.25,0.5]", "search.depth_options=[1]",
+    "search.trials=4", "search.finalists=1", "search.latency='measured'", "search.warmup=2", "search.runs=10",
     "distill.epochs=2", "distill.qat_epochs=1", "distill.calibration_samples=64",
     "bench.warmup=2", "bench.runs=10", "bench.throughput_batch=8", "bench.throughput_runs=3",
 ]

@@ -8,6 +8,8 @@ never unpickles code.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -36,12 +38,15 @@ def prepare_int8(model: nn.Module, calibration_x: torch.Tensor, *, batch_size: i
     model = model.eval()
     batches = [calibration_x[s : s + batch_size] for s in range(0, len(calibration_x), batch_size)]
     dataset = nncf.Dataset(batches)
-    quantized = nncf.quantize(
-        model,
-        dataset,
-        subset_size=len(batches),  # NNCF counts dataset items, and each item here is a batch
-        target_device=nncf.TargetDevice.CPU,
-    )
+    # NNCF draws two progress bars per call on stdout, with no switch to turn them off; a search
+    # or a latency table quantizes hundreds of small models, and edgekd shows its own progress.
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantized = nncf.quantize(
+            model,
+            dataset,
+            subset_size=len(batches),  # NNCF counts dataset items, and each item here is a batch
+            target_device=nncf.TargetDevice.CPU,
+        )
     return quantized
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from edgekd.backends import get_backend
 from edgekd.models import build_model, count_macs, count_params
+from edgekd.remote import benchmark_on_target
 from edgekd.run import RunContext, write_json
 from edgekd.stages.export import artifact_paths
 
@@ -32,12 +33,16 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "student": (student_arch["name"], count_params(student), count_macs(student, data.input_shape)),
     }
     models: dict[str, Any] = {}
+    remote_conditions: dict[str, Any] = {}
     for key, path in artifact_paths(ctx).items():
         precision = "fp32" if key != "student_int8" else target.precision
-        latency = backend.benchmark(path, warmup=settings.warmup, runs=settings.runs, threads=settings.threads)
+        # Here, or on the device over SSH when the target names a runner (edgekd/remote).
+        latency = benchmark_on_target(target, path, backend, settings.warmup, settings.runs, settings.threads)
         batch = settings.throughput_batch
-        bulk = backend.benchmark(path, warmup=max(1, settings.warmup // 5), runs=settings.throughput_runs,
-                                 batch=batch, threads=settings.threads)
+        bulk = benchmark_on_target(target, path, backend, max(1, settings.warmup // 5), settings.throughput_runs,
+                                   settings.threads, batch=batch)
+        if hasattr(latency, "conditions"):
+            remote_conditions = latency.conditions()  # the device's CPU and runtime, not this machine's
         accuracy = backend.accuracy(path, data.test.x, data.test.y)
         arch, params, macs = counts["teacher" if key == "teacher" else "student"]
         models[key] = {
@@ -61,13 +66,30 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "budget_ms": budget_ms,
         "budget_met": deployed["latency_ms"]["p50"] <= budget_ms,
         "speedup_p50": models["teacher"]["latency_ms"]["p50"] / deployed["latency_ms"]["p50"],
-        "conditions": conditions(ctx, backend),
+        "conditions": conditions(ctx, backend) | remote_conditions,
     }
     if not result["budget_met"]:
         log.warning("bench: the deployed student measures %.4f ms p50, over the budget of %.4f ms",
                     deployed["latency_ms"]["p50"], budget_ms)
     write_json(ctx.stage_dir("bench") / "bench.json", result)
+    record_measurement(ctx, student_arch, deployed, result["conditions"])
     return result
+
+
+def record_measurement(ctx: RunContext, arch: dict[str, Any], deployed: dict[str, Any], conditions: dict[str, Any]) -> None:
+    """The feedback loop: append (arch, predicted, measured, conditions) to the target's latency
+    records, from which the predictor recalibrates on the next search."""
+    from edgekd.latency.records import append_record
+    from edgekd.stages.search import predicted_ms
+
+    search = ctx.result("search")
+    append_record(ctx.target.name, {
+        "arch": {k: v for k, v in arch.items() if k != "name"}, "name": arch.get("name"),
+        "input_shape": list(ctx.data.input_shape), "num_classes": ctx.data.num_classes,
+        "precision": deployed["precision"], "predicted_ms": predicted_ms(search),
+        "measured_p50_ms": deployed["latency_ms"]["p50"], "measured_p90_ms": deployed["latency_ms"]["p90"],
+        "source": "bench", "run_dir": str(ctx.run_dir), **conditions,
+    })
 
 
 def conditions(ctx: RunContext, backend) -> dict[str, Any]:

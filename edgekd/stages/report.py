@@ -10,6 +10,7 @@ from typing import Any
 from edgekd import __version__
 from edgekd.run import RunContext, write_json
 from edgekd.stages.bench import cpu_name
+from edgekd.stages.search import predicted_ms
 
 MODEL_LABELS = {"teacher": "teacher", "student_fp32": "student fp32", "student_int8": "student INT8"}
 
@@ -34,12 +35,26 @@ def build_report(ctx: RunContext) -> dict[str, Any]:
         "speedup_p50": round(bench["speedup_p50"], 3),
         "dataset": {k: data[k] for k in ("name", "n_train", "n_val", "n_test", "input_shape", "source")},
         "teacher_source": ctx.teacher.source,
+        "search": search_summary(ctx.result("search"), bench),
         "models": bench["models"],
         "stages": stages,
         "conditions": bench["conditions"],
         "environment": environment(),
         "command": ctx.spec.command,
         "run_dir": str(ctx.run_dir),
+    }
+
+
+def search_summary(search: dict[str, Any], bench: dict[str, Any]) -> dict[str, Any]:
+    """How the student was chosen: the front, the finalists measured, and every attempt (a
+    student whose artifact missed the budget, then the next one tried)."""
+    deployed = bench["models"].get("student_int8", bench["models"]["student_fp32"])
+    final = {"student": search["chosen"], "predicted_ms": predicted_ms(search),
+             "search_measured_ms": search["chosen_p50_ms"], "bench_p50_ms": deployed["latency_ms"]["p50"],
+             "accuracy": deployed["accuracy"], "budget_ms": bench["budget_ms"], "budget_met": bench["budget_met"]}
+    return {key: search.get(key) for key in ("score", "latency", "trials", "candidates", "fitting", "limit_ms",
+                                             "study", "front", "finalists", "chosen")} | {
+        "attempts": [*search.get("attempts", []), final],
     }
 
 
@@ -113,6 +128,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "Latencies are measured (not predicted), all in this one run, so ratios are comparable.",
         "",
         *findings(report),
+        *render_search(report.get("search") or {}),
         "## Stages",
         "",
         "| stage | seconds | notes |",
@@ -139,6 +155,34 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def render_search(search: dict[str, Any]) -> list[str]:
+    if search.get("front") is None:  # a run made before the search kept its front
+        return []
+    lines = [
+        "## Student search",
+        "",
+        f"{search['trials']} trials over {search['candidates']} distinct architectures, scored by "
+        f"**{search['score']}** (no training), latency **{search['latency']}** on the target; "
+        f"{search['fitting']} within {search['limit_ms']:.4f} ms (budget x margin). Pareto front, best score first "
+        "(a latency marked predicted comes from the target's latency table, not from a measurement):",
+        "",
+        "| # | student | score | latency ms | params |",
+        "|---|---|---|---|---|",
+    ]
+    for index, point in enumerate(search["front"]):
+        chosen = " (chosen)" if point["name"] == search["chosen"] else ""
+        lines.append(f"| {index} | {point['name']}{chosen} | {point['score']:.4g} | {point['latency_ms']:.4f} "
+                     f"{point['latency_source']} | {point['params']:,} |")
+    lines += ["", "| attempt | student | predicted ms | measured in search ms | measured in bench ms | accuracy "
+              "| budget |", "|---|---|---|---|---|---|---|"]
+    for number, attempt in enumerate(search["attempts"], 1):
+        predicted = f"{attempt['predicted_ms']:.4f}" if attempt.get("predicted_ms") is not None else "n/a"
+        lines.append(f"| {number} | {attempt['student']} | {predicted} | {attempt['search_measured_ms']:.4f} "
+                     f"| {attempt['bench_p50_ms']:.4f} | {attempt['accuracy'] * 100:.2f}% "
+                     f"| {'met' if attempt['budget_met'] else 'missed'} |")
+    return [*lines, ""]
 
 
 def _fmt(value: Any) -> str:

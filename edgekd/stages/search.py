@@ -1,14 +1,20 @@
-"""Pick the student: candidates from a search space, a score, and a latency source.
+"""Pick the student for this teacher and this device.
 
-This first version keeps the three seams simple: the space is the resnet family at several
-widths and depths (rounded to the target's channel multiple), the score is the parameter count
-("largest that fits"), and latency is measured by exporting each candidate and timing it on the
-target backend at the deployed precision (INT8 latency can differ from fp32 in either direction
-on small models, so we time what will ship).
+1. The budget: --budget-ms, else the teacher's measured latency / search.default_speedup.
+2. An Optuna NSGA-II study over the space (edgekd/nas/space.py) with two objectives: a score
+   computed without training (search.score: DisWOT teacher/student similarity by default) and
+   the latency on the target, predicted from the target's latency table (`edgekd lut`) or
+   measured (search.latency). The study is SQLite in the run dir unless --storage says otherwise.
+3. The Pareto front of candidates within budget x margin, best score first. Finalists are then
+   exported and measured on the device in that order; the first whose measured latency fits is
+   chosen. The rest of the front stays in front.json: when the shipped artifact still misses the
+   budget, `compress` re-selects from it (edgekd/pipeline.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 from typing import Any
@@ -16,33 +22,31 @@ from typing import Any
 import torch
 
 from edgekd.backends import get_backend
+from edgekd.config import SearchConfig
 from edgekd.errors import UserError
-from edgekd.models import arch_name, build_model, count_macs, count_params, resolve_arch, scale_width
+from edgekd.models import arch_name, build_model, count_macs, count_params
+from edgekd.nas import engine
+from edgekd.nas.engine import Evaluation
+from edgekd.nas.space import check_space, suggest_record
 from edgekd.quantizers import get_quantizer
+from edgekd.remote import benchmark_on_target
 from edgekd.run import RunContext, write_json
 
 log = logging.getLogger(__name__)
 
-
-def candidate_space(ctx: RunContext) -> list[dict[str, Any]]:
-    """Every (depth, width) combination of the base architecture, deduplicated after rounding."""
-    settings = ctx.recipe.search
-    base = resolve_arch(settings.base)
-    seen, candidates = set(), []
-    for depth in settings.depth_options:
-        deep = {**base, "depths": [depth] * len(base["depths"])}
-        for multiplier in settings.width_multipliers:
-            record = scale_width(deep, multiplier, ctx.target.channel_multiple)
-            key = json.dumps(record, sort_keys=True)
-            if key not in seen:
-                seen.add(key)
-                candidates.append(record)
-    return candidates
+LATENCY_SOURCES = ("auto", "predicted", "measured")
 
 
-def score(model: torch.nn.Module) -> float:
-    """Capacity as a stand-in for accuracy after distillation: larger students learn more."""
-    return float(count_params(model))
+def check_search_methods(settings: SearchConfig) -> None:
+    """Fail before any work on an unknown score or latency source."""
+    from edgekd.nas.proxies import PROXIES
+
+    if settings.score not in PROXIES:
+        raise UserError(f"search.score {settings.score!r} is unknown; known: {', '.join(PROXIES)}")
+    if settings.latency not in LATENCY_SOURCES:
+        raise UserError(f"search.latency {settings.latency!r} is unknown; known: {', '.join(LATENCY_SOURCES)}")
+    if settings.trials < 1 or settings.finalists < 1 or settings.max_attempts < 1:
+        raise UserError("search.trials, search.finalists and search.max_attempts must be >= 1")
 
 
 def measure_latency_ms(ctx: RunContext, model: torch.nn.Module, precision: str, name: str) -> float:
@@ -57,52 +61,229 @@ def measure_latency_ms(ctx: RunContext, model: torch.nn.Module, precision: str, 
     path.parent.mkdir(exist_ok=True)
     backend.export(model, example, path, metadata={"purpose": "latency probe"})
     settings = ctx.recipe.search
-    stats = backend.benchmark(path, warmup=settings.warmup, runs=settings.runs, threads=ctx.recipe.bench.threads)
+    stats = benchmark_on_target(ctx.target, path, backend, settings.warmup, settings.runs, ctx.recipe.bench.threads)
     return stats.p50_ms
 
 
-def run(ctx: RunContext) -> dict[str, Any]:
-    data, target = ctx.data, ctx.target
-    torch.manual_seed(ctx.spec.seed)
-    teacher = ctx.teacher
-    teacher_p50 = measure_latency_ms(ctx, teacher.model, "fp32", "teacher")
-    budget_ms, budget_source = ctx.spec.budget_ms, "--budget-ms"
-    if budget_ms is None:
-        budget_ms = teacher_p50 / ctx.recipe.search.default_speedup
-        budget_source = f"teacher fp32 p50 {teacher_p50:.4f} ms / {ctx.recipe.search.default_speedup:g}"
-    limit_ms = budget_ms * ctx.recipe.search.latency_margin
-    log.info("search: budget %.4f ms (%s); candidates must measure <= %.4f ms", budget_ms, budget_source, limit_ms)
+def budget(ctx: RunContext) -> tuple[float, str, float]:
+    """(budget_ms, where it came from, teacher fp32 p50 ms)."""
+    teacher_p50 = measure_latency_ms(ctx, ctx.teacher.model, "fp32", "teacher")
+    if ctx.spec.budget_ms is not None:
+        return ctx.spec.budget_ms, "--budget-ms", teacher_p50
+    speedup = ctx.recipe.search.default_speedup
+    return teacher_p50 / speedup, f"teacher fp32 p50 {teacher_p50:.4f} ms / {speedup:g}", teacher_p50
 
-    rows = []
-    for record in candidate_space(ctx):
-        name = arch_name(record)
+
+def teacher_derived_records(ctx: RunContext) -> list[dict[str, Any]]:
+    """N2N candidates from a built-in teacher (records). A teacher without a record (TorchScript,
+    pickled) gives none here, with a warning: its derived students would need the module itself."""
+    if "teacher-derived" not in ctx.recipe.search.families:
+        return []
+    from edgekd.models.derived import derive_from_record
+
+    if ctx.teacher.arch is None:
+        log.warning("search: the teacher is not a built-in architecture, so teacher-derived candidates are skipped")
+        return []
+    return derive_from_record(ctx.teacher.arch, ctx.target.channel_multiple)
+
+
+def study_url(ctx: RunContext) -> str:
+    if ctx.spec.storage:
+        return ctx.spec.storage
+    return f"sqlite:///{(ctx.stage_dir('search') / 'study.db').resolve()}"
+
+
+def study_name(ctx: RunContext) -> str:
+    """Workers that search the same space for the same target and data share a study name, so
+    one --storage URL holds their common study."""
+    key = json.dumps([ctx.target.name, ctx.spec.data, ctx.spec.teacher, ctx.spec.seed,
+                      ctx.recipe.search.__dict__], sort_keys=True, default=str)
+    return "edgekd-search-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+class Evaluator:
+    """Score and latency of one record: what each trial calls."""
+
+    def __init__(self, ctx: RunContext, derived: list[dict[str, Any]]):
+        from edgekd.nas.proxies import ProxyScorer
+
+        self.ctx = ctx
+        settings = ctx.recipe.search
+        data = ctx.data
+        x, y = data.train.x[: settings.proxy_batch], data.train.y[: settings.proxy_batch]
+        self.scorer = ProxyScorer(settings.score, ctx.teacher.model, x, y)
+        self.predictor = None
+        if settings.latency in ("auto", "predicted"):
+            from edgekd.nas.latency_source import has_table, predictor_for_search
+
+            if settings.latency == "predicted" or has_table(ctx):
+                self.predictor = predictor_for_search(ctx, derived, complete=settings.latency == "predicted")
+            else:
+                log.info("search: no latency table for %s at this input size yet, so every candidate is measured "
+                         "(`edgekd lut --target %s` builds one; later searches then predict)", ctx.target.name,
+                         ctx.target.name)
+
+    def __call__(self, record: dict[str, Any]) -> Evaluation:
+        data, target = self.ctx.data, self.ctx.target
+        torch.manual_seed(self.ctx.spec.seed)  # the proxies score a random initialisation
         model = build_model(record, data.input_shape[0], data.num_classes).eval()
-        latency = measure_latency_ms(ctx, model, target.precision, name)
-        rows.append({
-            "name": name, "arch": record, "score": score(model), "params": count_params(model),
-            "macs": count_macs(model, data.input_shape), "p50_ms": latency, "fits": latency <= limit_ms,
-        })
-        log.info("search: %-28s params %8d  %s p50 %.4f ms  %s", name, rows[-1]["params"],
-                 target.precision, latency, "fits" if rows[-1]["fits"] else "too slow")
-    write_json(ctx.stage_dir("search") / "candidates.json", rows)
-
-    fitting = [row for row in rows if row["fits"]]
-    if not fitting:
-        fastest = min(rows, key=lambda row: row["p50_ms"])
-        raise UserError(
-            f"no candidate meets the budget of {budget_ms:.4f} ms (with margin {ctx.recipe.search.latency_margin:g}: "
-            f"{limit_ms:.4f} ms); the fastest was {fastest['name']} at {fastest['p50_ms']:.4f} ms "
-            f"({target.precision}, p50 on {target.name}); raise --budget-ms"
+        name = arch_name(record)
+        if self.predictor is not None:
+            latency, source = self.predictor.predict_with_source(record)
+        else:
+            latency, source = measure_latency_ms(self.ctx, model, target.precision, name), "measured"
+        with _torch_threads(1 if small_input(data.input_shape) else None):
+            score = self.scorer.score(model)
+            macs = count_macs(model, data.input_shape)
+        return Evaluation(
+            record=record, name=name, score=score, latency_ms=latency,
+            latency_source=source, params=count_params(model), macs=macs,
         )
-    chosen = max(fitting, key=lambda row: row["score"])
-    write_json(ctx.stage_dir("search") / "arch.json", chosen["arch"] | {"name": chosen["name"]})
+
+
+def small_input(shape) -> bool:
+    # On small images a forward pass is a few microseconds of work per layer, and handing it to a
+    # second thread costs more than it saves (8x faster single-threaded on a busy 2-core machine).
+    return shape[1] * shape[2] <= 64 * 64
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int | None):
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def pick_finalist(ctx: RunContext, front: list[Evaluation], limit_ms: float) -> tuple[int, list[dict[str, Any]]]:
+    """Measure the front's best-scoring candidates on the device, in order, until one fits.
+    Returns the chosen index in `front` and what was measured."""
+    data, precision = ctx.data, ctx.target.precision
+    measured = []
+    for index, candidate in enumerate(front[: ctx.recipe.search.finalists]):
+        if candidate.latency_source == "measured":
+            p50 = candidate.latency_ms
+        else:
+            model = build_model(candidate.record, data.input_shape[0], data.num_classes).eval()
+            p50 = measure_latency_ms(ctx, model, precision, candidate.name)
+        fits = p50 <= limit_ms
+        measured.append({"name": candidate.name, "predicted_ms": candidate.latency_ms,
+                         "latency_source": candidate.latency_source, "measured_ms": p50, "fits": fits})
+        log.info("search: finalist %-36s %s %.4f ms, measured %.4f ms: %s", candidate.name, candidate.latency_source,
+                 candidate.latency_ms, p50, "fits" if fits else "too slow")
+        if fits:
+            return index, measured
+    slowest = ", ".join(f"{m['name']} {m['measured_ms']:.4f} ms" for m in measured)
+    raise UserError(
+        f"none of the {len(measured)} best candidates measured within {limit_ms:.4f} ms on {ctx.target.name} "
+        f"({slowest}); the latency table may be stale (rebuild it with `edgekd lut --target {ctx.target.name} --force`) "
+        "or the budget too tight: raise --budget-ms or search.finalists"
+    )
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    settings, target = ctx.recipe.search, ctx.target
+    check_space(settings)
+    check_search_methods(settings)
+    torch.manual_seed(ctx.spec.seed)
+    budget_ms, budget_source, teacher_p50 = budget(ctx)
+    limit_ms = budget_ms * settings.latency_margin
+    log.info("search: budget %.4f ms (%s); candidates must be <= %.4f ms", budget_ms, budget_source, limit_ms)
+
+    derived = teacher_derived_records(ctx)
+    url = study_url(ctx)
+    study = engine.open_study(url, study_name(ctx), seed=ctx.spec.seed, population=settings.population)
+    if not ctx.spec.storage:
+        stale = engine.fail_stale_trials(study)
+        if stale:
+            log.info("search: %d trial(s) interrupted by the last kill were marked failed", stale)
+    evaluator = Evaluator(ctx, derived)
+    evaluations = engine.run_trials(
+        study, trials=settings.trials, evaluate=evaluator, limit_ms=limit_ms,
+        suggest=lambda trial: suggest_record(trial, settings, target.channel_multiple, derived),
+    )
+    distinct = engine.distinct(evaluations)
+    write_json(ctx.stage_dir("search") / "candidates.json", [e.to_dict() for e in distinct])
+    front = engine.pareto_front(evaluations, limit_ms)
+    if not front:
+        quickest = engine.fastest(distinct)
+        raise UserError(
+            f"no candidate meets the budget of {budget_ms:.4f} ms (with margin {settings.latency_margin:g}: "
+            f"{limit_ms:.4f} ms); the fastest was {quickest.name} at {quickest.latency_ms:.4f} ms "
+            f"({quickest.latency_source}, {target.precision} p50 on {target.name}); raise --budget-ms"
+        )
+    chosen_index, finalists = pick_finalist(ctx, front, limit_ms)
+    chosen = front[chosen_index]
+    write_json(ctx.stage_dir("search") / "front.json", [e.to_dict() for e in front])
+    write_json(ctx.stage_dir("search") / "arch.json", chosen.record | {"name": chosen.name})
+    log.info("search: %d trials, %d distinct architectures, front of %d; study %s", len(evaluations),
+             len(distinct), len(front), url)
     return {
         "budget_ms": budget_ms, "budget_source": budget_source, "teacher_p50_ms": teacher_p50,
-        "candidates": len(rows), "fitting": len(fitting), "chosen": chosen["name"],
-        "chosen_arch": chosen["arch"] | {"name": chosen["name"]}, "chosen_p50_ms": chosen["p50_ms"],
+        "limit_ms": limit_ms, "score": settings.score, "latency": settings.latency, "study": url,
+        "trials": len(evaluations), "candidates": len(distinct), "fitting": sum(e.latency_ms <= limit_ms for e in distinct),
+        "front": [{"name": e.name, "score": e.score, "latency_ms": e.latency_ms, "latency_source": e.latency_source,
+                   "params": e.params} for e in front],
+        "front_index": chosen_index, "finalists": finalists, "chosen": chosen.name,
+        "chosen_arch": chosen.record | {"name": chosen.name}, "chosen_p50_ms": finalists[-1]["measured_ms"],
+        "chosen_predicted_ms": chosen.latency_ms, "chosen_latency_source": chosen.latency_source,
+        "chosen_score": chosen.score,
     }
 
 
 def summary(metrics: dict[str, Any]) -> str:
-    return (f"chose {metrics['chosen']} at {metrics['chosen_p50_ms']:.4f} ms p50 of "
-            f"{metrics['candidates']} candidates; budget {metrics['budget_ms']:.4f} ms")
+    return (f"chose {metrics['chosen']} (measured {metrics['chosen_p50_ms']:.4f} ms p50) from a front of "
+            f"{len(metrics['front'])} among {metrics['candidates']} candidates; budget {metrics['budget_ms']:.4f} ms")
+
+
+def predicted_ms(metrics: dict[str, Any]) -> float | None:
+    """The chosen student's predicted latency, or None when the search measured it instead."""
+    if str(metrics.get("chosen_latency_source", "")).startswith("predicted"):
+        return metrics["chosen_predicted_ms"]
+    return None
+
+
+def reselect(ctx: RunContext, bench: dict[str, Any]) -> bool:
+    """After a budget miss in bench: record the attempt, and choose the next student on the front
+    that should fit, in memory (the caller saves the state together with forgetting the later
+    stages, so a kill cannot leave half of it). False when no attempt is left."""
+    metrics = ctx.result("search")
+    deployed = bench["models"].get("student_int8", bench["models"]["student_fp32"])
+    measured_ms = deployed["latency_ms"]["p50"]
+    attempts = metrics.setdefault("attempts", [])
+    attempts.append({
+        "student": metrics["chosen"], "predicted_ms": predicted_ms(metrics),
+        "search_measured_ms": metrics["chosen_p50_ms"], "bench_p50_ms": measured_ms,
+        "accuracy": deployed["accuracy"], "budget_ms": bench["budget_ms"], "budget_met": False,
+    })
+    if len(attempts) >= ctx.recipe.search.max_attempts:
+        return False
+    front = [Evaluation(**row) for row in json.loads((ctx.stage_dir("search") / "front.json").read_text())]
+    current = front[metrics["front_index"]]
+    # Scale the target by how far the artifact missed: a student must be that much faster on the
+    # same scale the front was ranked on (the table's prediction, or the search's measurement).
+    needed_ms = current.latency_ms * bench["budget_ms"] / measured_ms
+    for index in range(metrics["front_index"] + 1, len(front)):
+        if front[index].latency_ms <= needed_ms:
+            break
+    else:
+        log.warning("search: no student on the front is predicted under %.4f ms (the miss scaled onto %s latency)",
+                    needed_ms, current.latency_source)
+        return False
+    chosen = front[index]
+    p50 = measure_latency_ms(ctx, build_model(chosen.record, ctx.data.input_shape[0], ctx.data.num_classes).eval(),
+                             ctx.target.precision, chosen.name)
+    log.warning("budget missed by %s (%.4f ms > %.4f ms): trying the next student on the front, %s "
+                "(%s %.4f ms, measured %.4f ms); attempt %d of %d", metrics["chosen"], measured_ms, bench["budget_ms"],
+                chosen.name, chosen.latency_source, chosen.latency_ms, p50, len(attempts) + 1,
+                ctx.recipe.search.max_attempts)
+    metrics.update({
+        "front_index": index, "chosen": chosen.name, "chosen_arch": chosen.record | {"name": chosen.name},
+        "chosen_p50_ms": p50, "chosen_predicted_ms": chosen.latency_ms, "chosen_score": chosen.score,
+        "chosen_latency_source": chosen.latency_source,
+    })
+    write_json(ctx.stage_dir("search") / "arch.json", chosen.record | {"name": chosen.name})
+    return True

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-
 from tiny_recipe import tiny_args
+
 from edgekd.cli import main
 from edgekd.models import build_model
 
@@ -113,7 +113,7 @@ def test_budget_no_candidate_meets_names_the_fastest(tmp_path, capsys):
     line = error_line(err)
     assert code == 2
     assert "no candidate meets the budget of 0.0001 ms" in line and "the fastest was resnet_" in line
-    assert " ms (int8, p50 on x86-cpu)" in line
+    assert " ms (measured, int8 p50 on x86-cpu)" in line
 
 
 def test_existing_run_dir_is_refused_and_kept(tmp_path, capsys):
@@ -161,3 +161,20 @@ def test_unknown_kd_loss_lists_the_known_ones_before_any_work(tmp_path, capsys):
     line = error_line(err)
     assert code == 2 and "did you mean 'dist'" in line and "known: dist, dkd, hinton" in line
     assert not (tmp_path / "runs").exists()
+
+
+def test_corrupted_study_is_a_clear_error_and_is_kept(tmp_path, capsys):
+    """A search study file that is not a database: exit 2, say what to do, touch nothing."""
+    code, _ = run_cli(capsys, "search", "--runs-dir", str(tmp_path), "--name", "s", *tiny_args())
+    assert code == 0
+    study = tmp_path / "s" / "search" / "study.db"
+    study.write_bytes(b"garbage" * 200)
+    code, err = run_cli(capsys, "search", "--resume", str(tmp_path / "s"))
+    assert code == 2 and "corrupted" in error_line(err)
+    assert study.read_bytes() == b"garbage" * 200
+
+
+def test_unreachable_study_storage_is_a_clear_error(tmp_path, capsys):
+    code, err = run_cli(capsys, "search", "--runs-dir", str(tmp_path), "--name", "s", *tiny_args(),
+                        "--storage", f"sqlite:///{tmp_path / 'no-such-dir' / 'study.db'}")
+    assert code == 2 and "cannot open the search study storage" in error_line(err)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tiny_recipe import tiny_args
+
 from edgekd.cli import main
 from edgekd.data import load_dataset
 from edgekd.pipeline import STAGES
@@ -103,8 +103,14 @@ def test_search_keeps_candidates_and_the_chosen_record(run_dir):
     candidates = json.loads((run_dir / "search" / "candidates.json").read_text())
     chosen = json.loads((run_dir / "search" / "arch.json").read_text())
     assert len(candidates) == 2
-    # "largest that fits": with a budget everyone meets, the widest candidate wins.
-    assert chosen["widths"] == max(candidates, key=lambda c: c["params"])["arch"]["widths"]
+    assert all(c["latency_source"] == "measured" and c["latency_ms"] > 0 for c in candidates)
+    # With a budget everyone meets, the best-scoring candidate (DisWOT, the default) wins.
+    best = max(candidates, key=lambda c: c["score"])
+    assert chosen["widths"] == best["record"]["widths"] and chosen["name"] == best["name"]
+    assert (run_dir / "search" / "study.db").is_file() and (run_dir / "search" / "front.json").is_file()
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["search"]["score"] == "diswot" and report["search"]["chosen"] == best["name"]
+    assert "## Student search" in (run_dir / "report.md").read_text()
 
 
 def test_stage_subcommand_reruns_only_that_stage_and_later(run_dir):
