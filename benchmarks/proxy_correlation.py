@@ -5,7 +5,7 @@ recipe, and each proxy's score (edgekd/nas/proxies.py, computed on the candidate
 weights, as the search stage does) is compared with the measured KD test accuracy: Kendall tau
 and Spearman rho, over all candidates and per family.
 
-    .venv/bin/python benchmarks/proxy_correlation.py        # ~30 min on 2 cores, from scratch
+    .venv/bin/python benchmarks/proxy_correlation.py   # sized for ~30 min on 2 idle cores; 60 min shared
 
 The recipe is short so that the whole run fits a 2-core CPU in about half an hour (12,000 training
 images, 2 epochs per student), so the accuracies are those of briefly distilled students, not of
