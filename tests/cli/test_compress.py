@@ -104,12 +104,12 @@ def test_search_keeps_candidates_and_the_chosen_record(run_dir):
     chosen = json.loads((run_dir / "search" / "arch.json").read_text())
     assert len(candidates) == 2
     assert all(c["latency_source"] == "measured" and c["latency_ms"] > 0 for c in candidates)
-    # With a budget everyone meets, the best-scoring candidate (DisWOT, the default) wins.
+    # With a budget everyone meets, the best-scoring candidate (params, the default score) wins.
     best = max(candidates, key=lambda c: c["score"])
     assert chosen["widths"] == best["record"]["widths"] and chosen["name"] == best["name"]
     assert (run_dir / "search" / "study.db").is_file() and (run_dir / "search" / "front.json").is_file()
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["search"]["score"] == "diswot" and report["search"]["chosen"] == best["name"]
+    assert report["search"]["score"] == "params" and report["search"]["chosen"] == best["name"]
     assert "## Student search" in (run_dir / "report.md").read_text()
 
 
