@@ -20,12 +20,14 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from edgekd.cli import main as edgekd_main
+from edgekd.config import SearchConfig
 from edgekd.nas import engine
 from edgekd.nas.latency_source import has_table
 from edgekd.nas.proxies import PROXIES
@@ -38,8 +40,8 @@ RESULTS = ROOT / "results" / "search-speed"
 
 
 def time_score(ctx: RunContext, score: str, trials: int, workdir: Path) -> dict:
-    ctx.recipe.search.score = score
-    ctx.recipe.search.latency = "auto"  # the table as it is: a missing block is extrapolated, not timed
+    # The default space; "auto" uses the table as it is: a missing block is extrapolated, not timed.
+    ctx.recipe.search = SearchConfig(score=score, latency="auto")
     derived = search.teacher_derived_records(ctx)
     started = time.perf_counter()
     evaluator = search.Evaluator(ctx, derived)
@@ -87,7 +89,8 @@ def main() -> int:
     table = LatencyTable.load(table_path("x86-cpu", "int8", (1, 8, 8)))
     result = {
         "date": dt.datetime.now().isoformat(timespec="seconds"), "device": cpu_name(),
-        "command": "python " + " ".join(["benchmarks/search_speed.py", *sys.argv[1:]]),
+        "command": " ".join([f"EDGEKD_BENCHMARKS_DIR={os.environ.get('EDGEKD_BENCHMARKS_DIR', 'benchmarks')}",
+                             ".venv/bin/python benchmarks/search_speed.py", *sys.argv[1:]]),
         "space": "default search space (resnet, mobilenet, teacher-derived from resnet_l), digits 1x8x8",
         "table_blocks": len(table.blocks), "rows": rows,
     }

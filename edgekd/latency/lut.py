@@ -168,7 +168,7 @@ def build_lut(
     log.info("lut: %s %s %s: timing %d blocks (%d already in %s)", target.name, precision,
              "x".join(map(str, input_shape)), len(todo), len(unique) - len(todo), path)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgekd-lut-") as tmp, _quiet_exports():
+    with tempfile.TemporaryDirectory(prefix="edgekd-lut-") as tmp, quiet_exports():
         prober = _Prober(backend, quantizer, Path(tmp), warmup=warmup, runs=runs, threads=threads,
                          copies=copies, rounds=rounds, calibration_samples=calibration_samples)
         if table.empty_ms is None:
@@ -185,7 +185,7 @@ def build_lut(
 
 
 @contextlib.contextmanager
-def _quiet_exports() -> Iterator[None]:
+def quiet_exports() -> Iterator[None]:
     """Probe exports are not artifacts: their per-file INFO lines would bury the progress."""
     logger = logging.getLogger("edgekd.backends")
     previous = logger.level

@@ -24,6 +24,7 @@ import torch
 from edgekd.backends import get_backend
 from edgekd.config import SearchConfig
 from edgekd.errors import UserError
+from edgekd.latency.lut import quiet_exports
 from edgekd.models import arch_name, build_model, count_macs, count_params
 from edgekd.nas import engine
 from edgekd.nas.engine import Evaluation
@@ -59,7 +60,8 @@ def measure_latency_ms(ctx: RunContext, model: torch.nn.Module, precision: str, 
         model = quantizer.prepare_int8(model, ctx.data.train.x[:64])
     path = ctx.stage_dir("search") / "candidates" / f"{name}-{precision}{backend.SUFFIX}"
     path.parent.mkdir(exist_ok=True)
-    backend.export(model, example, path, metadata={"purpose": "latency probe"})
+    with quiet_exports():  # a search times dozens of candidates; their export lines would bury the rest
+        backend.export(model, example, path, metadata={"purpose": "latency probe"})
     settings = ctx.recipe.search
     stats = benchmark_on_target(ctx.target, path, backend, settings.warmup, settings.runs, ctx.recipe.bench.threads)
     return stats.p50_ms
