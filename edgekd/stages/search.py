@@ -225,7 +225,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
              len(distinct), len(front), url)
     return {
         "budget_ms": budget_ms, "budget_source": budget_source, "teacher_p50_ms": teacher_p50,
-        "limit_ms": limit_ms, "score": settings.score, "latency": settings.latency, "study": url,
+        # the source actually used ("auto" resolves to one of them), and what was asked
+        "limit_ms": limit_ms, "score": settings.score, "study": url, "latency_setting": settings.latency,
+        "latency": "predicted" if evaluator.predictor is not None else "measured",
         "trials": len(evaluations), "candidates": len(distinct), "fitting": sum(e.latency_ms <= limit_ms for e in distinct),
         "front": [{"name": e.name, "score": e.score, "latency_ms": e.latency_ms, "latency_source": e.latency_source,
                    "params": e.params} for e in front],
