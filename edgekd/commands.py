@@ -19,7 +19,7 @@ from edgekd.teacher import load_user_teacher
 log = logging.getLogger(__name__)
 
 # Options that define what a run computes; a resumed run takes them from its config.json.
-_SPEC_OPTIONS = ("target", "data", "teacher", "teacher_arch", "trust_pickle", "budget_ms", "storage",
+_SPEC_OPTIONS = ("target", "data", "teacher", "teacher_arch", "trust_pickle", "budget_ms", "storage", "device",
                  "image_size", "seed", "recipe", "overrides", "name", "overwrite")
 
 
@@ -27,6 +27,11 @@ def open_run(args: argparse.Namespace, *, command: str) -> RunContext:
     if args.resume:
         return _resume(args)
     target = load_target(args.target or "x86-cpu")
+    if args.device:
+        from edgekd.remote import parse_ssh_url
+
+        parse_ssh_url(args.device)  # a malformed URL fails now, before any work
+        target.runner = args.device
     recipe = load_recipe(args.recipe, args.overrides, bench_defaults=target.bench)
     _check_inputs(args)
     # Typos in the recipe should fail now, not after minutes of teacher training and search.

@@ -174,8 +174,9 @@ def pick_finalist(ctx: RunContext, front: list[Evaluation], limit_ms: float) -> 
         fits = p50 <= limit_ms
         measured.append({"name": candidate.name, "predicted_ms": candidate.latency_ms,
                          "latency_source": candidate.latency_source, "measured_ms": p50, "fits": fits})
-        log.info("search: finalist %-36s %s %.4f ms, measured %.4f ms: %s", candidate.name, candidate.latency_source,
-                 candidate.latency_ms, p50, "fits" if fits else "too slow")
+        seen = "" if candidate.latency_source == "measured" else f"{candidate.latency_source} {candidate.latency_ms:.4f} ms, "
+        log.info("search: finalist %-36s %smeasured %.4f ms: %s", candidate.name, seen, p50,
+                 "fits" if fits else "too slow")
         if fits:
             return index, measured
     slowest = ", ".join(f"{m['name']} {m['measured_ms']:.4f} ms" for m in measured)

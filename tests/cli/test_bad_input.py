@@ -178,3 +178,9 @@ def test_unreachable_study_storage_is_a_clear_error(tmp_path, capsys):
     code, err = run_cli(capsys, "search", "--runs-dir", str(tmp_path), "--name", "s", *tiny_args(),
                         "--storage", f"sqlite:///{tmp_path / 'no-such-dir' / 'study.db'}")
     assert code == 2 and "cannot open the search study storage" in error_line(err)
+
+
+def test_malformed_device_url_fails_before_any_work(tmp_path, capsys):
+    code, err = run_cli(capsys, "compress", "--runs-dir", str(tmp_path), "--device", "jetson.local")
+    assert code == 2 and "ssh://" in error_line(err)
+    assert not any(tmp_path.iterdir())
