@@ -127,7 +127,9 @@ def run_trials(
     remaining = max(0, trials - len(done))
     if done:
         log.info("search: %d trials already in the study, %d to go", len(done), remaining)
-    for _ in progress(range(remaining), desc="search", total=remaining):
+    for step in progress(range(remaining), desc="search", total=remaining):
+        if step and step % 10 == 0:  # the progress bar only shows on a terminal; logs get a line too
+            log.info("search: %d/%d trials, %d distinct architectures evaluated", step, remaining, len(cache))
         trial = study.ask()
         record = suggest(trial)
         key = record_key(record)
