@@ -6,9 +6,13 @@ No backend imports here: backends hand us a zero-argument callable and we time i
 from __future__ import annotations
 
 import logging
+import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -94,3 +98,25 @@ def time_calls(
     )
     log.debug("timed %s: %s", desc or "calls", stats.to_dict())
     return stats
+
+
+def cpu_name() -> str:
+    """The CPU, or the board where the kernel names one (Jetson), for the measurement record."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:  # ARM boards: /proc/cpuinfo has no model name, the device tree names the board
+        return Path("/proc/device-tree/model").read_text().strip("\x00\n ")
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        result = subprocess.run(
+            ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, check=False
+        )
+        if result.returncode == 0 and result.stdout.strip():
+            return result.stdout.strip()
+    return platform.processor() or platform.machine()

@@ -16,9 +16,10 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
+
+from edgekd.measure import cpu_name
 
 ERROR_EXIT_CODE = 2
 
@@ -37,28 +38,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("artifact", type=Path)
     return parser
-
-
-def cpu_name() -> str:
-    """The CPU, or the board where the kernel names one (Jetson), for the measurement record."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    try:  # ARM boards: /proc/cpuinfo has no model name, the device tree names the board
-        return Path("/proc/device-tree/model").read_text().strip("\x00\n ")
-    except OSError:
-        pass
-    if sys.platform == "darwin":
-        result = subprocess.run(
-            ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, check=False
-        )
-        if result.returncode == 0 and result.stdout.strip():
-            return result.stdout.strip()
-    return platform.processor() or platform.machine()
 
 
 def measure(args: argparse.Namespace) -> dict:

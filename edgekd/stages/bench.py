@@ -8,10 +8,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import platform
 from typing import Any
 
 from edgekd.backends import get_backend
+from edgekd.measure import cpu_name  # also imported from here by report and lut
 from edgekd.models import build_model, count_macs, count_params
 from edgekd.remote import benchmark_on_target
 from edgekd.run import RunContext, write_json
@@ -101,17 +101,6 @@ def conditions(ctx: RunContext, backend) -> dict[str, Any]:
         "warmup": settings.warmup, "runs": settings.runs, "batch": 1,
         "throughput_batch": settings.throughput_batch, "date": dt.datetime.now().isoformat(timespec="seconds"),
     }
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def summary(metrics: dict[str, Any]) -> str:
