@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from edgekd.backends import get_backend
+from edgekd.measure import cpu_name
 from edgekd.models import PRESETS, build_model, count_macs, count_params
 from edgekd.quantizers import get_quantizer
-from edgekd.stages.bench import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latency-224"
 INPUT_SHAPE = (3, 224, 224)

@@ -37,6 +37,7 @@ from torch.nn import functional as F
 
 from edgekd.data import DatasetSplits, load_dataset
 from edgekd.kd import make_kd_loss
+from edgekd.measure import cpu_name
 from edgekd.models import (
     arch_name,
     build_model,
@@ -47,7 +48,6 @@ from edgekd.models import (
 )
 from edgekd.nas.proxies import PROXIES, ProxyScorer
 from edgekd.run import write_json
-from edgekd.stages.bench import cpu_name
 from edgekd.teacher import cache_dir
 from edgekd.training import evaluate_accuracy, fit, predict_logits
 

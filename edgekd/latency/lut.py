@@ -155,7 +155,7 @@ def build_lut(
         target=target.name, backend=backend.NAME, backend_version=backend.version(), precision=precision,
         input_shape=[int(v) for v in input_shape], threads=threads,
     ), force)
-    from edgekd.stages.bench import cpu_name  # the one place that names the device
+    from edgekd.measure import cpu_name
 
     now = dt.datetime.now().isoformat(timespec="seconds")
     table.conditions = {

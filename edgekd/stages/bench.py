@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from edgekd.backends import get_backend
-from edgekd.measure import cpu_name  # also imported from here by report and lut
+from edgekd.measure import cpu_name
 from edgekd.models import build_model, count_macs, count_params
 from edgekd.remote import benchmark_on_target
 from edgekd.run import RunContext, write_json

@@ -8,8 +8,8 @@ import platform
 from typing import Any
 
 from edgekd import __version__
+from edgekd.measure import cpu_name
 from edgekd.run import RunContext, write_json
-from edgekd.stages.bench import cpu_name
 from edgekd.stages.search import predicted_ms
 
 MODEL_LABELS = {"teacher": "teacher", "student_fp32": "student fp32", "student_int8": "student INT8"}
