@@ -32,6 +32,18 @@ class BenchConfig:
 
 
 @dataclass
+class DevicePeaks:
+    """A device's published peak figures (dense, not 2:4-sparse), for the latency edgekd predicts
+    when the device is not attached (edgekd/latency/analytical.py). null: not published."""
+
+    int8_tops: float | None = None
+    fp16_tflops: float | None = None
+    fp32_tflops: float | None = None
+    memory_bandwidth_gbs: float | None = None
+    source: str = ""  # where the figures come from, cited in every predicted number
+
+
+@dataclass
 class Target:
     name: str
     description: str
@@ -43,6 +55,11 @@ class Target:
     channel_multiple: int = 8
     runner: str = "local"
     bench: BenchConfig = field(default_factory=BenchConfig)
+    sparse_2_4: bool = False  # the device's kernels run 2:4 structured sparsity faster (Ampere+)
+    power_mode: str | None = None  # Jetson: the nvpmodel mode the numbers are for, recorded
+    compute_units: str = "ALL"  # CoreML: ALL, CPU_AND_NE, CPU_AND_GPU, CPU_ONLY
+    deployment_target: str | None = None  # CoreML: minimum OS of the ML Program, e.g. iOS17
+    peaks: DevicePeaks = field(default_factory=DevicePeaks)
 
 
 @dataclass

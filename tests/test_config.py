@@ -334,3 +334,10 @@ def test_threads_can_be_reset_to_none_after_an_int(tmp_path):
 def test_threads_accepts_null_spelling():
     recipe = load_recipe(None, ["bench.threads=null"])
     assert recipe.bench.threads is None
+
+
+@pytest.mark.parametrize("name", ["x86-cpu", "jetson-orin", "jetson-orin-nano", "nvidia-gpu", "apple-m"])
+def test_every_shipped_target_loads_with_its_deployed_precision_listed(name):
+    target = load_target(name)
+    assert target.name == name
+    assert target.precision in target.precisions
