@@ -1,0 +1,250 @@
+"""INT8 with NVIDIA ModelOpt (`modelopt.torch.quantization`), the explicit Q/DQ TensorRT builds.
+
+`prepare_int8` returns a fake-quantized copy of the model that follows TensorRT's Q/DQ placement
+rules: the inputs and weights of every convolution and linear layer are quantized (signed INT8,
+zero point 0, weights per output channel, activations per tensor, max calibration), outputs are
+not (TensorRT fuses what follows), batch norm is not (TensorRT folds it into the convolution), and
+the skip input of each residual add is quantized, so that TensorRT can fuse the add into the
+convolution before it (see residual_adds). The scales are fixed after calibration (PTQ); training
+the copy afterwards with the KD loss is QAT, gradients passing the rounding straight through.
+
+Saved as one weights-only torch file: the state dict and ModelOpt's own state (plain data), so
+loading never unpickles code. `export_onnx` writes the Q/DQ ONNX TensorRT builds from, and
+`compare_with_onnxruntime` checks it against the torch model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.errors import MissingDependencyError, UserError
+from edgekd.quantizers import residual_adds
+from edgekd.quantizers.excluded_layers import check_excluded
+
+try:
+    with warnings.catch_warnings():
+        # "Cannot find transformers package": ModelOpt's LLM plugins, which we do not use.
+        warnings.simplefilter("ignore")
+        import modelopt
+        import modelopt.torch.opt as mto
+        import modelopt.torch.quantization as mtq
+        from modelopt.torch.quantization.nn import QuantInputBase, QuantModuleRegistry, TensorQuantizer
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise MissingDependencyError("nvidia-modelopt", "tensorrt") from exc
+
+log = logging.getLogger(__name__)
+
+_FORMAT = "edgekd-modelopt-int8/1"
+_BATCH_NORMS = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
+# Written out rather than mtq.INT8_DEFAULT_CFG: that one also switches off quantizers by name
+# patterns meant for LLMs ("*output_layer*", "*router*", "*proj_out.*", ...), which would silently
+# leave a CNN layer of such a name in floating point.
+_QUANT_CFG = {
+    "quant_cfg": [
+        {"quantizer_name": "*", "enable": False},
+        {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}},
+        {"quantizer_name": "*input_quantizer", "cfg": {"num_bits": 8, "axis": None}},
+        *(
+            {"quantizer_name": "*", "parent_class": f"nn.{bn}", "enable": False}
+            for bn in _BATCH_NORMS
+        ),
+    ],
+    "algorithm": "max",
+}
+
+
+class ResidualInput(nn.Module):
+    """Marks the skip input of a residual add: an identity in float. ModelOpt converts it, like
+    any registered layer, into a module that fake-quantizes its input (its input_quantizer gets
+    the same configuration as every other activation quantizer)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+# QuantInputBase is how ModelOpt itself quantizes pooling layers: input quantizer, then forward.
+QuantModuleRegistry.register({ResidualInput: "edgekd.ResidualInput"})(QuantInputBase)
+
+
+def prepare_int8(
+    model: nn.Module,
+    calibration_x: torch.Tensor,
+    *,
+    batch_size: int = 64,
+    exclude: Sequence[str] = (),
+) -> nn.Module:
+    """A fake-quantized copy of `model`, calibrated on `calibration_x` (max of |x| per tensor).
+
+    `exclude`: names from model.named_modules() whose quantizers are disabled (kept in float).
+    """
+    excluded = check_excluded(model, exclude)
+    quantized, residual_names = _with_residual_quantizers(copy.deepcopy(model).eval(), excluded)
+    config = _config(excluded)
+    batches = [calibration_x[s : s + batch_size] for s in range(0, len(calibration_x), batch_size)]
+
+    def forward_loop(m: nn.Module) -> None:
+        with torch.no_grad():
+            for batch in batches:
+                m(batch)
+
+    # ModelOpt prints "Inserted N quantizers" on stdout; edgekd logs instead.
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantized = mtq.quantize(quantized, config, forward_loop=forward_loop)
+    quantized.edgekd_modelopt = {"exclude": excluded, "residual_quantizers": residual_names}
+    log.info(
+        "modelopt int8: %d quantizers enabled (%d residual adds), %d modules excluded, "
+        "calibrated on %d samples",
+        len(enabled_quantizers(quantized)),
+        len(residual_names),
+        len(excluded),
+        len(calibration_x),
+    )
+    return quantized.eval()
+
+
+def _config(excluded: list[str]) -> dict:
+    config = copy.deepcopy(_QUANT_CFG)
+    for name in excluded:
+        # Quantizers live inside the layer they quantize ("conv1.weight_quantizer"), so a pattern
+        # on the module name disables that layer and everything below it.
+        config["quant_cfg"].append({"quantizer_name": f"{name}.*", "enable": False})
+    return config
+
+
+def _with_residual_quantizers(
+    model: nn.Module, excluded: list[str]
+) -> tuple[nn.Module, list[str]]:
+    """The model with a ResidualInput on the skip input of each residual add (a GraphModule with
+    the model's own module names), or the model unchanged when it has none or cannot be traced.
+
+    An add whose convolution branch ends in an excluded layer gets none: that convolution runs in
+    float, so there is no INT8 fusion for a quantized skip input to join."""
+    graph_module = residual_adds.trace(model)
+    found = residual_adds.find_residual_adds(graph_module) if graph_module is not None else []
+    found = [r for r in found if not _is_under(r.fused_layer, excluded)]
+    if not found:
+        return model, []
+    names = []
+    for residual_add in found:
+        name = f"{residual_add.add.name}_residual"  # fx node names are unique within the graph
+        graph_module.add_submodule(name, ResidualInput())
+        with graph_module.graph.inserting_before(residual_add.add):
+            quantized_input = graph_module.graph.call_module(name, (residual_add.residual,))
+        residual_add.add.replace_input_with(residual_add.residual, quantized_input)
+        names.append(name)
+    graph_module.graph.lint()
+    graph_module.recompile()
+    return graph_module, names
+
+
+def _is_under(module_name: str, prefixes: list[str]) -> bool:
+    return any(module_name == p or module_name.startswith(p + ".") for p in prefixes)
+
+
+def enabled_quantizers(model: nn.Module) -> list[str]:
+    """Names of the model's quantizers that quantize (not disabled)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, TensorQuantizer) and module.is_enabled
+    ]
+
+
+def save_int8(model: nn.Module, path: Path) -> None:
+    extra = getattr(model, "edgekd_modelopt", {"exclude": [], "residual_quantizers": []})
+    checkpoint = {
+        "format": _FORMAT,
+        "modelopt_version": modelopt.__version__,
+        "modelopt_state": mto.modelopt_state(model),
+        "state_dict": model.state_dict(),
+        **extra,
+    }
+    torch.save(checkpoint, path)
+
+
+def load_int8(float_model: nn.Module, path: Path) -> nn.Module:
+    """Rebuild a saved quantized model on a freshly built float model of the same architecture."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != _FORMAT:
+        raise UserError(f"{path} is not an edgekd ModelOpt INT8 checkpoint (save_int8 writes one)")
+    model, residual_names = _with_residual_quantizers(float_model.eval(), checkpoint["exclude"])
+    if residual_names != checkpoint["residual_quantizers"]:
+        raise UserError(
+            f"{path} was saved from another architecture: its residual adds "
+            f"{checkpoint['residual_quantizers']} are not this model's {residual_names}"
+        )
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # ResidualInput holds no tensor to tell ModelOpt the device; the caller moves the model.
+        warnings.filterwarnings("ignore", message="Could not identify the device")
+        model = mto.restore_from_modelopt_state(model, checkpoint["modelopt_state"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.edgekd_modelopt = {
+        "exclude": checkpoint["exclude"],
+        "residual_quantizers": residual_names,
+    }
+    return model.eval()
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Path:
+    """Write the Q/DQ ONNX TensorRT builds an INT8 engine from; UserError if TensorRT would refuse
+    one of its quantizers (backends.tensorrt_qdq.qdq_problems)."""
+    import onnx
+
+    from edgekd.backends import onnx as onnx_backend
+    from edgekd.backends.tensorrt_qdq import qdq_problems
+
+    metadata = {"quantizer": f"modelopt {version()}", "precision": "int8"}
+    path = onnx_backend.export(model, example_input, Path(path), metadata=metadata)
+    onnx_model = onnx.load(str(path))
+    custom = sorted({node.op_type for node in onnx_model.graph.node if node.domain not in ("", "ai.onnx")})
+    problems = qdq_problems(onnx_model)
+    if custom or problems:
+        raise UserError(
+            f"the Q/DQ ONNX at {path} is not TensorRT-ready: "
+            + (f"non-standard ops {custom}" if custom else problems[0])
+        )
+    return path
+
+
+def compare_with_onnxruntime(
+    model: nn.Module, onnx_path: Path, x: torch.Tensor, *, batch_size: int = 256
+) -> dict[str, float]:
+    """How closely onnxruntime's run of the exported ONNX follows the fake-quantized torch model
+    on `x`: max absolute logit difference and the fraction of samples with the same top-1."""
+    from edgekd.backends import onnx as onnx_backend
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = torch.cat([model(x[s : s + batch_size]) for s in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
+    expected = expected.numpy()
+    actual = onnx_backend.predict_logits(onnx_path, x, batch_size=batch_size)
+    result = {
+        "max_abs_diff": float(np.max(np.abs(actual - expected))),
+        "argmax_agreement": float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1))),
+        "samples": len(x),
+    }
+    log.info(
+        "onnxruntime vs torch (modelopt int8) on %d samples: max |diff| %.3g, top-1 agreement %.4f",
+        result["samples"],
+        result["max_abs_diff"],
+        result["argmax_agreement"],
+    )
+    return result
+
+
+def version() -> str:
+    return modelopt.__version__
