@@ -10,13 +10,17 @@ decompresses them at load time and computes in fp16, so they shrink the file and
 traffic, not the arithmetic. W8A8 (int8 activations too, which the Neural Engine of A17 Pro/M4
 and later runs natively) needs activation statistics from predictions on sample data
 (`coremltools.optimize.coreml.experimental.linear_quantize_activations`), hence macOS; it is not
-offered here.
+offered here. W8A8 comes from training instead: a model from the CoreML quantizer
+(edgekd.quantizers.coreml_int8, coremltools' LinearQuantizer, calibrated and QAT-trained in torch)
+is finalized and converted with its activation scales as quantize/dequantize ops and its weights
+int8 (constexpr_affine_dequantize); that needs iOS17/macOS14 or later.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
+import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -45,6 +49,9 @@ _INPUT_NAME = "input"
 _OUTPUT_NAME = "logits"
 # Keys coremltools writes into user_defined_metadata itself (version, source framework, date).
 _COREMLTOOLS_KEY_PREFIX = "com.github.apple.coremltools."
+# Activation quantize/dequantize ops in an ML Program need Core ML 7 (iOS17 / macOS14).
+_W8A8_MINIMUM_TARGET = "iOS17"
+_DEFAULT_TARGET = "iOS16"
 # coremltools' own default: smaller tensors gain little and their scales/LUTs cost bytes.
 _WEIGHT_THRESHOLD = 2048
 _PREDICTION_ONLY_ON_MACOS = (
@@ -72,7 +79,7 @@ def export(
     metadata: dict[str, str],
     precision: str = "fp16",
     compute_units: str = "ALL",
-    deployment_target: str = "iOS16",
+    deployment_target: str | None = None,
     palette_bits: int = 6,
     weight_threshold: int = _WEIGHT_THRESHOLD,
 ) -> Path:
@@ -82,6 +89,10 @@ def export(
     `compute_units` (ALL, CPU_AND_NE, CPU_AND_GPU, CPU_ONLY) is what the converter validates
     against; the app chooses again at load time. iOS16 is the same Core ML version as macOS13.
     Weight tensors with fewer than `weight_threshold` elements stay uncompressed.
+
+    A W8A8 model from the CoreML quantizer is finalized first; its weights are int8 already, so
+    `precision` then only sets the compute precision of what is not quantized (fp16 or fp32;
+    int8 means fp16), and `deployment_target` defaults to, and must be at least, iOS17.
     """
     path = Path(path)
     if path.suffix != SUFFIX:
@@ -93,6 +104,11 @@ def export(
     if precision == "palettized" and palette_bits not in (1, 2, 3, 4, 6, 8):
         raise UserError(f"palette_bits must be 1, 2, 3, 4, 6 or 8, got {palette_bits}")
 
+    w8a8 = _is_w8a8(model)
+    if w8a8:
+        deployment_target = _check_w8a8(precision, deployment_target)
+        model = sys.modules["edgekd.quantizers.coreml_int8"].finalize(model)
+    deployment_target = deployment_target or _DEFAULT_TARGET
     mlmodel = _convert(
         _trace(model, example_input),
         tuple(example_input.shape),
@@ -100,7 +116,10 @@ def export(
         compute_units=_compute_unit(compute_units),
         target=_target(deployment_target),
     )
-    mlmodel = _compress(mlmodel, precision, palette_bits=palette_bits, threshold=weight_threshold)
+    if w8a8:
+        precision = "w8a8"  # its weights are int8 already; this names what the package holds
+    else:
+        mlmodel = _compress(mlmodel, precision, palette_bits=palette_bits, threshold=weight_threshold)
     for key, value in metadata.items():
         mlmodel.user_defined_metadata[key] = str(value)
     mlmodel.author = f"edgekd {edgekd.__version__}"
@@ -112,6 +131,28 @@ def export(
     mlmodel.save(str(path))
     log.info("wrote CoreML model %s (%.3f MB, %s)", path, size_mb(path), precision)
     return path
+
+
+def _is_w8a8(model: torch.nn.Module) -> bool:
+    # Such a model exists only if its quantizer module was imported; checking first spares float
+    # exports the import.
+    quantizer = sys.modules.get("edgekd.quantizers.coreml_int8")
+    return quantizer is not None and isinstance(model, quantizer.W8A8Model)
+
+
+def _check_w8a8(precision: str, deployment_target: str | None) -> str:
+    if precision == "palettized":
+        raise UserError(
+            "this model is W8A8-quantized (CoreML quantizer); palettizing its int8 weights is not "
+            "supported: export it as int8, or palettize the float model"
+        )
+    target = deployment_target or _W8A8_MINIMUM_TARGET
+    if _target(target) < _target(_W8A8_MINIMUM_TARGET):
+        raise UserError(
+            f"W8A8 ML Programs need deployment target {_W8A8_MINIMUM_TARGET} (macOS14) or later, "
+            f"got {target}: set the target's deployment_target to iOS17 or later"
+        )
+    return target
 
 
 def _trace(model: torch.nn.Module, example_input: torch.Tensor) -> torch.jit.ScriptModule:

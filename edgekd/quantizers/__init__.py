@@ -1,4 +1,5 @@
-"""Each target's own quantizer, imported on first use (NNCF for OpenVINO)."""
+"""Each target's own quantizer, imported on first use: NNCF for OpenVINO, ModelOpt (explicit
+Q/DQ) for TensorRT, coremltools' LinearQuantizer (W8A8) for CoreML."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ from types import ModuleType
 
 from edgekd.errors import UserError
 
-_MODULES = {"nncf": "edgekd.quantizers.nncf_int8"}
+_MODULES = {
+    "nncf": "edgekd.quantizers.nncf_int8",
+    "modelopt": "edgekd.quantizers.modelopt_int8",
+    "coreml": "edgekd.quantizers.coreml_int8",
+}
 
 
 def get_quantizer(name: str) -> ModuleType:
