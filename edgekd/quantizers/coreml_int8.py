@@ -139,6 +139,32 @@ def finalize(model: W8A8Model) -> nn.Module:
         model.train(was_training)  # finalize puts the model (not only its copy) in eval mode
 
 
+def export_mlpackage(
+    model: W8A8Model,
+    example_input: torch.Tensor,
+    path: Path,
+    *,
+    metadata: dict[str, str],
+    compute_units: str = "ALL",
+    deployment_target: str | None = None,
+) -> Path:
+    """Write the W8A8 ML Program (.mlpackage) of a prepared or loaded model: backends.coreml's
+    export, which finalizes it; the deployment target defaults to, and must be at least, iOS17."""
+    from edgekd.backends import coreml as coreml_backend
+
+    if not isinstance(model, W8A8Model):
+        raise UserError("export_mlpackage needs a model from the CoreML quantizer's prepare_int8/load_int8")
+    return coreml_backend.export(
+        model,
+        example_input,
+        path,
+        metadata=metadata,
+        precision="int8",
+        compute_units=compute_units,
+        deployment_target=deployment_target,
+    )
+
+
 def save_int8(model: nn.Module, path: Path) -> None:
     checkpoint = {
         "format": _FORMAT,

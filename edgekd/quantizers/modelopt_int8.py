@@ -195,15 +195,22 @@ def load_int8(float_model: nn.Module, path: Path) -> nn.Module:
     return model.eval()
 
 
-def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> Path:
-    """Write the Q/DQ ONNX TensorRT builds an INT8 engine from; UserError if TensorRT would refuse
-    one of its quantizers (backends.tensorrt_qdq.qdq_problems)."""
+def export_onnx(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    path: Path,
+    *,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write the Q/DQ ONNX TensorRT builds an INT8 engine from (dynamic batch, opset 17, input
+    "input", output "logits"); UserError if TensorRT would refuse one of its quantizers
+    (backends.tensorrt_qdq.qdq_problems) or it holds a non-standard op."""
     import onnx
 
     from edgekd.backends import onnx as onnx_backend
     from edgekd.backends.tensorrt_qdq import qdq_problems
 
-    metadata = {"quantizer": f"modelopt {version()}", "precision": "int8"}
+    metadata = {"quantizer": f"modelopt {version()}", "precision": "int8", **(metadata or {})}
     path = onnx_backend.export(model, example_input, Path(path), metadata=metadata)
     onnx_model = onnx.load(str(path))
     custom = sorted({node.op_type for node in onnx_model.graph.node if node.domain not in ("", "ai.onnx")})

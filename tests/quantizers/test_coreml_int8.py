@@ -39,7 +39,9 @@ def quantized(float_model, data):
 @pytest.fixture(scope="module")
 def package(quantized, data, tmp_path_factory):
     path = tmp_path_factory.mktemp("coreml_w8a8") / "student_int8.mlpackage"
-    return cmb.export(quantized, data[0][:1], path, metadata={"precision": "int8"}, precision="int8")
+    # As the export stage writes it: the quantizer's export_mlpackage, the target's iOS17.
+    return cq.export_mlpackage(quantized, data[0][:1], path, metadata={"precision": "int8"},
+                               compute_units="ALL", deployment_target="iOS17")
 
 
 def test_prepare_quantizes_a_copy_weights_and_activations(quantized, float_model, data):
@@ -110,6 +112,9 @@ def test_w8a8_export_rejects_targets_before_ios17_and_palettizing(quantized, dat
     with pytest.raises(UserError, match="iOS17"):
         cmb.export(quantized, data[0][:1], tmp_path / "a.mlpackage", metadata={},
                    deployment_target="iOS16")
+    with pytest.raises(UserError, match="iOS17"):
+        cq.export_mlpackage(quantized, data[0][:1], tmp_path / "c.mlpackage", metadata={},
+                            deployment_target="macOS13")
     with pytest.raises(UserError, match="palettizing"):
         cmb.export(quantized, data[0][:1], tmp_path / "b.mlpackage", metadata={},
                    precision="palettized")
