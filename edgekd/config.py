@@ -130,6 +130,20 @@ class DistillConfig:
     dkd_beta: float = 8.0  # dkd: weight of NCKD (non-target-class KD)
     patience: int = 8
     calibration_samples: int = 300
+    # Feature KD added to the logit loss (edgekd/kd_features.py): null (none), "fitnets" (FitNets:
+    # 1x1 conv regressors, MSE), "at" (attention transfer) or "nd" (ND loss, on the classifier's
+    # input). It costs one teacher forward per training step: teacher features are not cached.
+    feature_loss: str | None = None
+    feature_weight: float | None = None  # null: the paper's reference weight (fitnets 100, at 1000, nd 1)
+    # Student module names (model.named_modules()); null: each stage's output (the last block of
+    # the stage) for fitnets/at, the classifier for nd
+    feature_layers: list[str] | None = None
+    # Teacher module names, paired in order with feature_layers; null: the same names as
+    # feature_layers when those are given, else the defaults paired by spatial size
+    teacher_layers: list[str] | None = None
+    # Student's starting weights: "random", "teacher" (a teacher-derived student starts from the
+    # teacher's kept weights) or the path of a state dict (edgekd/student_init.py)
+    init: str = "random"
 
 
 @dataclass

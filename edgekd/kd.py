@@ -8,7 +8,8 @@
 
 `make_kd_loss(name, settings)` returns the training objective of the named paper, the KD term
 combined with the label cross-entropy the way that paper does, as a callable of
-(student_logits, teacher_logits, labels).
+(student_logits, teacher_logits, labels). Feature losses (FitNets, attention transfer, ND) are in
+edgekd/kd_features.py and add to this objective.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from edgekd.errors import UserError
+from edgekd.kd_features import check_feature_loss
 
 KDLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -163,11 +165,15 @@ KD_LOSSES: dict[str, Callable[[Any], KDLoss]] = {
 
 def make_kd_loss(name: str, settings: Any) -> KDLoss:
     """The training objective `name` (a key of KD_LOSSES) with its weights from `settings`
-    (a DistillConfig), as a callable of (student_logits, teacher_logits, labels)."""
+    (a DistillConfig), as a callable of (student_logits, teacher_logits, labels).
+
+    The settings' feature loss name (distill.feature_loss, added to this objective by the distill
+    stage) is checked here too, so one early call catches a typo in either name."""
     builder = KD_LOSSES.get(name)
     if builder is None:
         known = sorted(KD_LOSSES)
         close = difflib.get_close_matches(str(name).lower(), known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UserError(f"unknown KD loss {name!r}{hint}; known: {', '.join(known)}")
+    check_feature_loss(getattr(settings, "feature_loss", None))
     return builder(settings)

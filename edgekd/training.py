@@ -1,15 +1,16 @@
 """One supervised training loop shared by teacher training and distillation.
 
 The loss is a callable of (logits, labels, sample indices), so distillation can look up cached
-teacher logits by index without a second data pipeline. Early stopping keeps the weights with the
-best validation accuracy.
+teacher logits by index without a second data pipeline. Modules trained beside the model (feature-KD
+adapters) join the optimizer through `extra_modules` without becoming part of the model. Early
+stopping keeps the weights with the best validation accuracy.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -63,17 +64,23 @@ def fit(
     weight_decay: float = 0.0,
     desc: str = "train",
     on_epoch_end: Callable[[int, float], None] | None = None,
+    extra_modules: Sequence[nn.Module] = (),
 ) -> FitResult:
     """AdamW with cosine decay; stops after `patience` epochs without a better val accuracy and
-    leaves the model holding its best weights."""
+    leaves the model holding its best weights. `extra_modules` are trained in the same optimizer
+    and put in train mode with the model, but are not part of its saved or restored weights (the
+    loss function uses them, e.g. FitNets regressors)."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    parameters = list(model.parameters()) + [p for m in extra_modules for p in m.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
     best_accuracy, best_epoch, best_state = -1.0, -1, None
     history: list[dict[str, float]] = []
     epoch = 0
     for epoch in range(1, epochs + 1):
         model.train()
+        for module in extra_modules:
+            module.train()
         order = torch.randperm(len(train), generator=generator)
         total_loss, batches = 0.0, 0
         for start in progress(range(0, len(train), batch_size), desc=f"{desc} epoch {epoch}/{epochs}"):
