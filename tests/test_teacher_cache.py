@@ -61,7 +61,7 @@ def trained_teacher(one_torch_thread):
     data = load_dataset()
     torch.manual_seed(0)
     model = build_model("resnet_xs", 1, 10)
-    fit(model, data.train.subset(512), data.val, lambda logits, y, _i: F.cross_entropy(logits, y),
+    fit(model, data.train.subset(512), data.val, lambda logits, y, *_: F.cross_entropy(logits, y),
         epochs=4, lr=0.01, batch_size=64, patience=4, seed=0)
     return model.eval()
 
