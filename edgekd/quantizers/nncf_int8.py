@@ -2,6 +2,7 @@
 
 `prepare_int8` inserts NNCF fake-quantizers initialised from calibration data (PTQ). The result
 is still a trainable torch module, so the distill loop fine-tunes it (QAT) like any other model.
+Modules named in `exclude` stay float (NNCF's IgnoredScope, mapped from torch module names).
 A quantized model is saved as a weights-only state dict plus NNCF's JSON config, so loading it
 never unpickles code.
 """
@@ -13,12 +14,14 @@ import io
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from edgekd.errors import MissingDependencyError
+from edgekd.errors import MissingDependencyError, UserError
+from edgekd.quantizers.exclude import check_exclude
 
 # NNCF compiles a C++ extension on first use and gives up after 60 s by default; on a 2-core
 # machine that is busy the build takes longer (seen: a failed first quantize in CI-like runs).
@@ -27,17 +30,40 @@ os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
 try:
     import nncf
     import nncf.torch
+    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
+    from nncf.torch.graph.operator_metatypes import PTConstNoopMetatype, PTInputNoopMetatype, PTOutputNoopMetatype
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise MissingDependencyError("nncf", "openvino") from exc
 
 log = logging.getLogger(__name__)
 
+# Graph nodes that are tensors, not operations: weights/buffers, model inputs and outputs.
+# NNCF's public API has no name mapping; build_nncf_graph is internal to NNCF 3.x (tested).
+_NOT_OPERATIONS = (PTConstNoopMetatype, PTInputNoopMetatype, PTOutputNoopMetatype)
 
-def prepare_int8(model: nn.Module, calibration_x: torch.Tensor, *, batch_size: int = 64) -> nn.Module:
-    """A fake-quantized copy of `model` (symmetric INT8 weights and activations, CPU preset)."""
+
+def prepare_int8(
+    model: nn.Module,
+    calibration_x: torch.Tensor,
+    *,
+    batch_size: int = 64,
+    exclude: Sequence[str] = (),
+) -> nn.Module:
+    """A fake-quantized copy of `model` (symmetric INT8 weights and activations, CPU preset).
+
+    `exclude`: torch module names (`model.named_modules()`) left in float: NNCF quantizes neither
+    their weights nor the activations only they consume. A container (a block) leaves every
+    operation inside it in float.
+    """
     model = model.eval()
+    exclude = check_exclude(model, exclude)
     batches = [calibration_x[s : s + batch_size] for s in range(0, len(calibration_x), batch_size)]
     dataset = nncf.Dataset(batches)
+    ignored = None
+    if exclude:
+        names = [name for module in exclude for name in nncf_node_names(model, calibration_x[:1], module)]
+        ignored = nncf.IgnoredScope(names=sorted(set(names)))
+        log.debug("nncf: leaving %s in float (graph nodes %s)", exclude, ignored.names)
     # NNCF draws two progress bars per call on stdout, with no switch to turn them off; a search
     # or a latency table quantizes hundreds of small models, and edgekd shows its own progress.
     with contextlib.redirect_stdout(io.StringIO()):
@@ -46,8 +72,37 @@ def prepare_int8(model: nn.Module, calibration_x: torch.Tensor, *, batch_size: i
             dataset,
             subset_size=len(batches),  # NNCF counts dataset items, and each item here is a batch
             target_device=nncf.TargetDevice.CPU,
+            ignored_scope=ignored,
         )
     return quantized
+
+
+def nncf_node_names(model: nn.Module, example_x: torch.Tensor, module_name: str) -> list[str]:
+    """The NNCF graph nodes (operations) that the torch module `module_name` runs.
+
+    NNCF names an operation "<module path with / for .>/<function>/<call index>" (e.g.
+    "layers/0/conv/conv2d/0" for module "layers.0.conv"), but builds the path from the modules
+    that called each other through their parents: a submodule called directly by an ancestor
+    (`self.layers[0](x)` skips the Sequential) gets a shorter path. Weights are named exactly
+    ("layers.0.conv.weight"), so an operation counts as the module's when its path starts with
+    the module's, or when it consumes one of the module's parameters.
+    """
+    graph = build_nncf_graph(model, example_x)
+    prefix = module_name.replace(".", "/") + "/"
+    params = {f"{module_name}.{name}" for name, _ in model.get_submodule(module_name).named_parameters()}
+    found = set()
+    for node in graph.get_all_nodes():
+        if node.metatype in _NOT_OPERATIONS:
+            if node.node_name in params:
+                found.update(n.node_name for n in graph.get_next_nodes(node))
+        elif node.node_name.startswith(prefix):
+            found.add(node.node_name)
+    if not found:
+        raise UserError(
+            f"module {module_name!r} runs no operation in the model's forward pass as NNCF traces it; "
+            "exclude a module that the model calls"
+        )
+    return sorted(found)
 
 
 def save_int8(model: nn.Module, path: Path) -> None:
