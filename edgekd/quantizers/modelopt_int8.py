@@ -20,7 +20,7 @@ import copy
 import io
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -76,19 +76,38 @@ class ResidualInput(nn.Module):
 QuantModuleRegistry.register({ResidualInput: "edgekd.ResidualInput"})(QuantInputBase)
 
 
+class ModelOptInt8Model(nn.Module):
+    """The quantized network, wrapped: ModelOpt keeps its state on the module it quantized, and
+    the network may be a torch.fx GraphModule (residual quantizers inserted), whose deepcopy drops
+    such attributes; a plain module's deepcopy keeps them (training loops copy models)."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+
+_PREFIX = "network."
+
+
 def prepare_int8(
     model: nn.Module,
     calibration_x: torch.Tensor,
     *,
     batch_size: int = 64,
     exclude: Sequence[str] = (),
-) -> nn.Module:
+) -> ModelOptInt8Model:
     """A fake-quantized copy of `model`, calibrated on `calibration_x` (max of |x| per tensor).
 
     `exclude`: names from model.named_modules() whose quantizers are disabled (kept in float).
     """
     excluded = check_excluded(model, exclude)
-    quantized, residual_names = _with_residual_quantizers(copy.deepcopy(model).eval(), excluded)
+    quantized, residual_names = _with_residual_quantizers(
+        copy.deepcopy(model).eval(), lambda r: not _is_under(r.fused_layer, excluded)
+    )
+    quantized = ModelOptInt8Model(quantized)
     config = _config(excluded)
     batches = [calibration_x[s : s + batch_size] for s in range(0, len(calibration_x), batch_size)]
 
@@ -97,10 +116,11 @@ def prepare_int8(
             for batch in batches:
                 m(batch)
 
-    # ModelOpt prints "Inserted N quantizers" on stdout; edgekd logs instead.
-    with contextlib.redirect_stdout(io.StringIO()):
+    # ModelOpt prints "Inserted N quantizers" on stdout (edgekd logs instead) and warns that
+    # its LLM export plugins lack the transformers package, which edgekd does not use.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Cannot find transformers package")
         quantized = mtq.quantize(quantized, config, forward_loop=forward_loop)
-    quantized.edgekd_modelopt = {"exclude": excluded, "residual_quantizers": residual_names}
     log.info(
         "modelopt int8: %d quantizers enabled (%d residual adds), %d modules excluded, "
         "calibrated on %d samples",
@@ -117,26 +137,27 @@ def _config(excluded: list[str]) -> dict:
     for name in excluded:
         # Quantizers live inside the layer they quantize ("conv1.weight_quantizer"), so a pattern
         # on the module name disables that layer and everything below it.
-        config["quant_cfg"].append({"quantizer_name": f"{name}.*", "enable": False})
+        config["quant_cfg"].append({"quantizer_name": f"{_PREFIX}{name}.*", "enable": False})
     return config
 
 
 def _with_residual_quantizers(
-    model: nn.Module, excluded: list[str]
+    model: nn.Module, keep: Callable[[residual_adds.ResidualAdd], bool]
 ) -> tuple[nn.Module, list[str]]:
-    """The model with a ResidualInput on the skip input of each residual add (a GraphModule with
-    the model's own module names), or the model unchanged when it has none or cannot be traced.
+    """The model with a ResidualInput on the skip input of each residual add that `keep` accepts
+    (a GraphModule with the model's own module names), or the model unchanged when there is none
+    or it cannot be traced.
 
-    An add whose convolution branch ends in an excluded layer gets none: that convolution runs in
-    float, so there is no INT8 fusion for a quantized skip input to join."""
+    prepare_int8 leaves out an add whose convolution branch ends in an excluded layer: that
+    convolution runs in float, so there is no INT8 fusion for a quantized skip input to join."""
     graph_module = residual_adds.trace(model)
     found = residual_adds.find_residual_adds(graph_module) if graph_module is not None else []
-    found = [r for r in found if not _is_under(r.fused_layer, excluded)]
+    found = [r for r in found if keep(r)]
     if not found:
         return model, []
     names = []
     for residual_add in found:
-        name = f"{residual_add.add.name}_residual"  # fx node names are unique within the graph
+        name = _residual_name(residual_add)
         graph_module.add_submodule(name, ResidualInput())
         with graph_module.graph.inserting_before(residual_add.add):
             quantized_input = graph_module.graph.call_module(name, (residual_add.residual,))
@@ -147,51 +168,59 @@ def _with_residual_quantizers(
     return graph_module, names
 
 
+def _residual_name(residual_add: residual_adds.ResidualAdd) -> str:
+    return f"{residual_add.add.name}_residual"  # fx node names are unique within a graph
+
+
 def _is_under(module_name: str, prefixes: list[str]) -> bool:
     return any(module_name == p or module_name.startswith(p + ".") for p in prefixes)
 
 
-def enabled_quantizers(model: nn.Module) -> list[str]:
-    """Names of the model's quantizers that quantize (not disabled)."""
+def enabled_quantizers(model: ModelOptInt8Model) -> list[str]:
+    """Names of the model's quantizers that quantize (not disabled), as in the float model
+    ("conv1.weight_quantizer"; residual adds' as "<add>_residual.input_quantizer")."""
     return [
         name
-        for name, module in model.named_modules()
+        for name, module in model.network.named_modules()
         if isinstance(module, TensorQuantizer) and module.is_enabled
     ]
 
 
-def save_int8(model: nn.Module, path: Path) -> None:
-    extra = getattr(model, "edgekd_modelopt", {"exclude": [], "residual_quantizers": []})
+def save_int8(model: ModelOptInt8Model, path: Path) -> None:
+    # Read from the modules rather than kept in an attribute of the network (see ModelOptInt8Model).
+    residual_names = [
+        name for name, m in model.network.named_modules() if isinstance(m, ResidualInput)
+    ]
     checkpoint = {
         "format": _FORMAT,
         "modelopt_version": modelopt.__version__,
-        "modelopt_state": mto.modelopt_state(model),
+        "modelopt_state": mto.modelopt_state(model),  # plain data: configs and quantizer states
         "state_dict": model.state_dict(),
-        **extra,
+        "residual_quantizers": residual_names,
     }
     torch.save(checkpoint, path)
 
 
-def load_int8(float_model: nn.Module, path: Path) -> nn.Module:
+def load_int8(float_model: nn.Module, path: Path) -> ModelOptInt8Model:
     """Rebuild a saved quantized model on a freshly built float model of the same architecture."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != _FORMAT:
         raise UserError(f"{path} is not an edgekd ModelOpt INT8 checkpoint (save_int8 writes one)")
-    model, residual_names = _with_residual_quantizers(float_model.eval(), checkpoint["exclude"])
-    if residual_names != checkpoint["residual_quantizers"]:
+    saved = checkpoint["residual_quantizers"]
+    model, residual_names = _with_residual_quantizers(
+        float_model.eval(), lambda r: _residual_name(r) in saved
+    )
+    if residual_names != saved:
         raise UserError(
             f"{path} was saved from another architecture: its residual adds "
             f"{checkpoint['residual_quantizers']} are not this model's {residual_names}"
         )
+    model = ModelOptInt8Model(model)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         # ResidualInput holds no tensor to tell ModelOpt the device; the caller moves the model.
         warnings.filterwarnings("ignore", message="Could not identify the device")
         model = mto.restore_from_modelopt_state(model, checkpoint["modelopt_state"])
     model.load_state_dict(checkpoint["state_dict"])
-    model.edgekd_modelopt = {
-        "exclude": checkpoint["exclude"],
-        "residual_quantizers": residual_names,
-    }
     return model.eval()
 
 

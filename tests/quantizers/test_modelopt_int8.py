@@ -57,12 +57,12 @@ def test_qat_step_changes_weights_and_keeps_accuracy(quantized, data):
 
     x, y = data
     model = copy.deepcopy(quantized)
-    before = model.conv.weight.detach().clone()
-    amax_before = model.conv.input_quantizer.amax.clone()
+    before = model.network.conv.weight.detach().clone()
+    amax_before = model.network.conv.input_quantizer.amax.clone()
     train_steps_(model, x, y, steps=5, lr=1e-3)
-    assert not torch.equal(model.conv.weight, before)
+    assert not torch.equal(model.network.conv.weight, before)
     # Scales are fixed after calibration (ModelOpt's default): QAT trains the weights around them.
-    assert torch.equal(model.conv.input_quantizer.amax, amax_before)
+    assert torch.equal(model.network.conv.input_quantizer.amax, amax_before)
     with torch.no_grad():
         assert (model(x).argmax(1) == y).float().mean() > 0.8
 
@@ -111,13 +111,25 @@ def test_onnxruntime_agrees_with_the_fake_quantized_torch_model(quantized, onnx_
     assert result["max_abs_diff"] < 0.5
 
 
-def test_exclude_keeps_the_named_layer_in_float(float_model, data):
+def test_a_deep_copy_saves_and_loads_too(quantized, data, tmp_path):
+    import copy
+
+    copied = copy.deepcopy(quantized)  # as a training loop keeping its best model might
+    mo.save_int8(copied, tmp_path / "copy.pt")
+    loaded = mo.load_int8(ResidualCNN(), tmp_path / "copy.pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(data[0][:64]), quantized(data[0][:64]))
+
+
+def test_exclude_keeps_the_named_layer_in_float(float_model, data, tmp_path):
     model = mo.prepare_int8(float_model, data[0][:64], exclude=["conv"])
     enabled = mo.enabled_quantizers(model)
     assert not any(name.startswith("conv.") for name in enabled)
     assert "stem.weight_quantizer" in enabled and "fc.input_quantizer" in enabled
     # The add's conv branch runs in float now: no INT8 fusion for a quantized skip to join.
     assert "add_residual.input_quantizer" not in enabled
+    mo.save_int8(model, tmp_path / "excluded.pt")
+    assert mo.enabled_quantizers(mo.load_int8(ResidualCNN(), tmp_path / "excluded.pt")) == enabled
 
 
 def test_unknown_exclude_name_lists_close_ones(float_model, data):
