@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import MissingDependencyError, UserError
-from edgekd.quantizers.excluded_layers import check_excluded
+from edgekd.quantizers.exclude import check_exclude
 
 try:
     import coremltools
@@ -76,7 +76,7 @@ def prepare_int8(
 
     `exclude`: names from model.named_modules() kept in floating point.
     """
-    excluded = check_excluded(model, exclude)
+    excluded = check_exclude(model, exclude)
     prepared = _prepare(model, (1, *calibration_x.shape[1:]), excluded)
     # Calibration observes in eval mode: batch norm keeps its statistics, observers record ranges.
     prepared.graph_module.apply(torch.ao.quantization.enable_observer)

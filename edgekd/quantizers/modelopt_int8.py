@@ -29,7 +29,7 @@ from torch import nn
 
 from edgekd.errors import MissingDependencyError, UserError
 from edgekd.quantizers import residual_adds
-from edgekd.quantizers.excluded_layers import check_excluded
+from edgekd.quantizers.exclude import check_exclude
 
 try:
     with warnings.catch_warnings():
@@ -103,7 +103,7 @@ def prepare_int8(
 
     `exclude`: names from model.named_modules() whose quantizers are disabled (kept in float).
     """
-    excluded = check_excluded(model, exclude)
+    excluded = check_exclude(model, exclude)
     quantized, residual_names = _with_residual_quantizers(
         copy.deepcopy(model).eval(), lambda r: not _is_under(r.fused_layer, excluded)
     )
