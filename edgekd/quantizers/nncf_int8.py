@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -66,7 +66,9 @@ def prepare_int8(
         log.debug("nncf: leaving %s in float (graph nodes %s)", exclude, ignored.names)
     # NNCF draws two progress bars per call on stdout, with no switch to turn them off; a search
     # or a latency table quantizes hundreds of small models, and edgekd shows its own progress.
-    with contextlib.redirect_stdout(io.StringIO()):
+    # Its INFO lines about ignored nodes repeat for every excluded layer of a sensitivity sweep
+    # (we log the mapping above at DEBUG).
+    with contextlib.redirect_stdout(io.StringIO()), _nncf_log_level(logging.WARNING):
         quantized = nncf.quantize(
             model,
             dataset,
@@ -75,6 +77,17 @@ def prepare_int8(
             ignored_scope=ignored,
         )
     return quantized
+
+
+@contextlib.contextmanager
+def _nncf_log_level(level: int) -> Iterator[None]:
+    logger = logging.getLogger("nncf")
+    previous = logger.level
+    logger.setLevel(max(level, previous))
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def nncf_node_names(model: nn.Module, example_x: torch.Tensor, module_name: str) -> list[str]:
