@@ -290,3 +290,19 @@ def test_distill_stage_fails_fast_on_unknown_loss():
     ctx = SimpleNamespace(recipe=SimpleNamespace(distill=DistillConfig(loss="dkdd")))
     with pytest.raises(UserError, match="did you mean 'dkd'"):
         distill.run(ctx)
+
+
+def test_meal_v2_recipe_is_soft_labels_only():
+    """recipes/meal-v2.yaml: the KD term alone, so the labels do not change the loss."""
+    from pathlib import Path
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "meal-v2.yaml")
+    settings = recipe.distill
+    assert (settings.loss, settings.alpha, settings.init) == ("hinton", 1.0, "teacher")
+    assert 0 < settings.weight_decay <= 1e-4 and recipe.search.families == ["teacher-derived"]
+    objective = make_kd_loss(settings.loss, settings)
+    torch.manual_seed(0)
+    student, teacher = torch.randn(6, 5), torch.randn(6, 5)
+    one = objective(student, teacher, torch.zeros(6, dtype=torch.long))
+    other = objective(student, teacher, torch.full((6,), 3, dtype=torch.long))
+    assert one.item() == pytest.approx(other.item()) and one.item() > 0
