@@ -140,3 +140,17 @@ def test_latency_not_measurable_here_is_labelled(fragile_net, calibration):
                                        quantized=fragile_net, final=fragile_net)
     assert report["status"].startswith("not measured (") and "macOS" in report["status"]
     assert report["exclusions"] == {"fc": report["status"]}
+
+
+@pytest.mark.parametrize("target_name", [
+    "apple-m",  # coremltools W8A8; Core ML runs only on macOS
+    pytest.param("jetson-orin", marks=pytest.mark.slow),  # ModelOpt Q/DQ; TensorRT is not here (import ~15 s)
+])
+def test_other_targets_quantizers_find_the_head_and_label_latency(target_name, fragile_net, calibration, digits):
+    target = load_target(target_name)
+    pytest.importorskip({"coreml": "coremltools", "modelopt": "modelopt.torch.quantization"}[target.quantizer])
+    _, report = ptq_with_sensitivity(fragile_net, calibration, digits.val, target=target, threshold_pt=1.0,
+                                     layers=["conv2", "fc"])
+    assert report["excluded"] == ["fc"]
+    assert report["final_accuracy"] > report["int8_accuracy"] + 0.5
+    assert report["latency"]["status"].startswith("not measured (")
