@@ -61,7 +61,8 @@ def prepare_int8(
     dataset = nncf.Dataset(batches)
     ignored = None
     if exclude:
-        names = [name for module in exclude for name in nncf_node_names(model, calibration_x[:1], module)]
+        graph = build_nncf_graph(model, calibration_x[:1])  # one trace for all names
+        names = [name for module in exclude for name in _module_nodes(graph, model, module)]
         ignored = nncf.IgnoredScope(names=sorted(set(names)))
         log.debug("nncf: leaving %s in float (graph nodes %s)", exclude, ignored.names)
     # NNCF draws two progress bars per call on stdout, with no switch to turn them off; a search
@@ -100,7 +101,10 @@ def nncf_node_names(model: nn.Module, example_x: torch.Tensor, module_name: str)
     ("layers.0.conv.weight"), so an operation counts as the module's when its path starts with
     the module's, or when it consumes one of the module's parameters.
     """
-    graph = build_nncf_graph(model, example_x)
+    return _module_nodes(build_nncf_graph(model, example_x), model, module_name)
+
+
+def _module_nodes(graph, model: nn.Module, module_name: str) -> list[str]:
     prefix = module_name.replace(".", "/") + "/"
     params = {f"{module_name}.{name}" for name, _ in model.get_submodule(module_name).named_parameters()}
     found = set()

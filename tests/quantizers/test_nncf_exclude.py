@@ -10,7 +10,7 @@ from torch import nn
 from edgekd.errors import UserError
 
 nncf_int8 = pytest.importorskip("edgekd.quantizers.nncf_int8", exc_type=ImportError)
-from nncf.torch import get_config  # noqa: E402  (after the skip: nncf is optional)
+from nncf.torch import get_config  # after the skip: nncf is optional
 
 
 class Block(nn.Module):
@@ -114,6 +114,13 @@ def test_excluded_layer_stays_float_in_nncf_and_in_the_ir(net, calib, tmp_path):
     x = calib[:4]
     with torch.no_grad():
         assert not torch.allclose(full(x), kept(x), atol=1e-6)
+
+    # the exclusion survives save/load (the distill stage's checkpoint)
+    nncf_int8.save_int8(kept, tmp_path / "kept.pt")
+    loaded = nncf_int8.load_int8(Net(), tmp_path / "kept.pt")
+    assert _weight_quantized_ops(loaded) == _weight_quantized_ops(kept)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), kept(x), atol=1e-6)
 
     types = _ir_weight_types(kept, calib[:1], tmp_path)
     by_module = {name.split("/")[0].removeprefix("__module."): kind for name, kind in types.items()}

@@ -78,7 +78,7 @@ def sensitivities(fragile_net, calibration, digits):
 
 def test_the_fragile_head_is_found_first_and_the_list_is_sorted(fragile_net, digits, sensitivities):
     assert evaluate_accuracy(fragile_net, digits.val) > 0.8
-    assert [s.layer for s in sensitivities][0] == "fc"
+    assert sensitivities[0].layer == "fc"
     assert {s.layer for s in sensitivities} == {"conv1", "conv2", "fc"}  # every conv/linear by default
     head = sensitivities[0]
     assert head.cost_pt > 50  # INT8 guesses (~10%), float head recovers the float accuracy
