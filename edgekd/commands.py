@@ -39,6 +39,7 @@ def open_run(args: argparse.Namespace, *, command: str) -> RunContext:
     check_space(recipe.search)
     check_search_methods(recipe.search)
     make_kd_loss(recipe.distill.loss, recipe.distill)
+    _check_target_tools(target)
     spec = RunSpec(
         target=to_dict(target), recipe=to_dict(recipe), data=_abs(args.data), teacher=_abs(args.teacher),
         teacher_arch=args.teacher_arch, trust_pickle=bool(args.trust_pickle), budget_ms=args.budget_ms,
@@ -73,6 +74,19 @@ def _resume(args: argparse.Namespace) -> RunContext:
     done = ", ".join(ctx.state.completed) or "none"
     log.info("resuming %s (stages done: %s)", ctx.run_dir, done)
     return ctx
+
+
+def _check_target_tools(target) -> None:
+    """The target's runtime and quantizer import (else: the pip extra to install), and a target
+    that cannot be measured here has the peak figures its predicted latency needs."""
+    from edgekd.availability import check_predictable
+    from edgekd.backends import get_backend
+    from edgekd.quantizers import get_quantizer
+
+    get_backend(target.backend)
+    if target.precision == "int8":
+        get_quantizer(target.quantizer)
+    check_predictable(target)
 
 
 def _check_inputs(args: argparse.Namespace) -> None:

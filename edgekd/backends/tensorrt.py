@@ -146,10 +146,37 @@ def export(
         raise ValueError(f"TensorRT engine path must end in {SUFFIX}: {path}")
     check_precision(precision)
     _require_builder()  # fail before writing anything
-    max_batch = max_batch or int(example_input.shape[0])
     onnx_path = export_onnx(
         model, example_input, path.with_suffix(".trt.onnx"), metadata=metadata, precision=precision
     )
+    return export_from_onnx(
+        onnx_path,
+        path,
+        metadata=metadata,
+        precision=precision,
+        input_chw=tuple(example_input.shape[1:]),
+        max_batch=max_batch or int(example_input.shape[0]),
+        sparsity=sparsity,
+        timing_cache=timing_cache,
+        workspace_mb=workspace_mb,
+    )
+
+
+def export_from_onnx(
+    onnx_path: Path,
+    path: Path,
+    *,
+    metadata: dict[str, str],
+    precision: str,
+    input_chw: tuple[int, ...],
+    max_batch: int = 1,
+    sparsity: bool = False,
+    timing_cache: Path | None = None,
+    workspace_mb: int | None = None,
+) -> Path:
+    """Build the engine at `path` from an ONNX already written (e.g. a quantizer's Q/DQ ONNX),
+    with `metadata` and what is needed to run the engine in `<name>.engine.json`."""
+    path = Path(path)
     info = build_engine(
         onnx_path,
         path,
@@ -162,8 +189,8 @@ def export(
     record = {
         **{key: str(value) for key, value in metadata.items()},
         "precision": precision,
-        "input_name": _onnx_input_name(onnx_path),
-        "input_chw": _shape_text(example_input.shape[1:]),
+        "input_name": onnx_input_name(onnx_path),
+        "input_chw": _shape_text(input_chw),
         "max_batch": str(max_batch),
         "sparsity": str(sparsity).lower(),
         **info,
@@ -207,7 +234,7 @@ def build_engine(
             builder,
             onnx_path,
             engine_path,
-            input_name=_onnx_input_name(onnx_path),
+            input_name=onnx_input_name(onnx_path),
             input_shape=_onnx_input_shape(onnx_path),
             **kwargs,
         )
@@ -255,7 +282,7 @@ def _build_with_python_api(
     tensorrt_api.build_engine(onnx_path, engine_path, flags=flags, **kwargs)
 
 
-def _onnx_input_name(onnx_path: Path) -> str:
+def onnx_input_name(onnx_path: Path) -> str:
     import onnx
 
     return onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name

@@ -63,6 +63,10 @@ def builder_flags(precision: str, *, sparsity: bool, strongly_typed: bool) -> li
     # A strongly typed network takes its precision from the model; the flags are errors there.
     if not strongly_typed and precision in ("fp16", "int8"):
         flags.append(precision.upper())
+    if not strongly_typed and precision == "int8":
+        # The layers a Q/DQ ONNX leaves unquantized (softmax, the classifier's output, excluded
+        # layers) then run in fp16 rather than fp32, as NVIDIA advises for explicit quantization.
+        flags.append("FP16")
     if sparsity:
         flags.append("SPARSE_WEIGHTS")  # 2:4 structured sparsity, Ampere and later
     return flags

@@ -36,6 +36,9 @@ def build_report(ctx: RunContext) -> dict[str, Any]:
         "dataset": {k: data[k] for k in ("name", "n_train", "n_val", "n_test", "input_shape", "source")},
         "teacher_source": ctx.teacher.source,
         "search": search_summary(ctx.result("search"), bench),
+        "export": {k: v for k, v in ctx.result("export").items()
+                   if k in ("engine_build_commands", "engine_build_script", "engines_built", "coreml_checks",
+                            "qdq_onnx_checks")},
         "models": bench["models"],
         "stages": stages,
         "conditions": bench["conditions"],
@@ -64,7 +67,8 @@ def findings(report: dict[str, Any]) -> list[str]:
     found = []
     if not report["budget_met"]:
         deployed = models.get("student_int8", models["student_fp32"])
-        found.append(f"- **Budget missed**: the deployed student measures {deployed['latency_ms']['p50']:.4f} ms "
+        verb = "measures" if _measured(deployed) else "is predicted at"
+        found.append(f"- **Budget missed**: the deployed student {verb} {deployed['latency_ms']['p50']:.4f} ms "
                      f"p50, over {report['budget_ms']:.4f} ms.")
     if "student_int8" in models:
         int8, fp32 = models["student_int8"], models["student_fp32"]
@@ -79,7 +83,8 @@ def findings(report: dict[str, Any]) -> list[str]:
 
 
 def environment() -> dict[str, str]:
-    versions = {name: _version(name) for name in ("torch", "openvino", "nncf", "onnxruntime", "numpy")}
+    versions = {name: _version(name) for name in ("torch", "openvino", "nncf", "onnxruntime", "numpy",
+                                                        "coremltools", "nvidia-modelopt")}
     return {"cpu": cpu_name(), "python": platform.python_version(), "platform": platform.platform(), **versions}
 
 
@@ -104,7 +109,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"# edgekd report: {report['target']}",
         "",
         f"Budget: **{report['budget_ms']:.4f} ms** p50 at batch 1 ({report['budget_source']}) — "
-        f"**{'met' if report['budget_met'] else 'MISSED'}**.",
+        f"**{'met' if report['budget_met'] else 'MISSED'}**"
+        f"{'' if all(_measured(m) for m in models.values()) else ' (on PREDICTED latency: the device is not attached)'}.",
         f"Dataset: {data['name']} ({data['n_train']} train / {data['n_val']} val / {data['n_test']} test, "
         f"input {'x'.join(map(str, data['input_shape']))}). Teacher: {report['teacher_source']}.",
         "",
@@ -117,16 +123,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             continue
         m = models[key]
         macs = f"{m['macs'] / 1e6:.2f}" if m["macs"] is not None else "n/a"
+        p50 = f"{m['latency_ms']['p50']:.4f}" + ("" if _measured(m) else " (predicted)")
         lines.append(
-            f"| {label} | {m['arch']} | {m['precision']} | {m['accuracy'] * 100:.2f}% | {m['latency_ms']['p50']:.4f} "
-            f"| {m['latency_ms']['p99']:.4f} | {teacher_p50 / m['latency_ms']['p50']:.2f}x | {m['throughput_ips']:.0f} "
-            f"| {m['size_mb']:.3f} | {m['params']:,} | {macs} |"
+            f"| {label} | {m['arch']} | {m['precision']} | {m['accuracy'] * 100:.2f}% | {p50} "
+            f"| {_ms(m['latency_ms']['p99'])} | {teacher_p50 / m['latency_ms']['p50']:.2f}x "
+            f"| {_number(m['throughput_ips'], '.0f')} | {m['size_mb']:.3f} | {m['params']:,} | {macs} |"
         )
+    lines += ["", *measurement_notes(report), ""]
     lines += [
-        "",
-        "Accuracy is measured on the test split by running each exported artifact in the target runtime. "
-        "Latencies are measured (not predicted), all in this one run, so ratios are comparable.",
-        "",
         *findings(report),
         *render_search(report.get("search") or {}),
         "## Stages",
@@ -157,6 +161,47 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _measured(model: dict[str, Any]) -> bool:
+    return model.get("latency_source", "measured") == "measured"  # runs before sources were recorded: measured
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def measurement_notes(report: dict[str, Any]) -> list[str]:
+    """Where each number comes from: measured on the artifact, or predicted (labelled), and what
+    stood in for the runtime where it is not here."""
+    models = report["models"]
+    notes = []
+    if all(_measured(m) for m in models.values()):
+        notes.append("Latencies are measured (not predicted), all in this one run, so ratios are comparable.")
+    else:
+        sources = sorted({m["latency_source"] for m in models.values() if not _measured(m)})
+        notes.append(f"**Latencies are PREDICTED, not measured**: {report['conditions'].get('not_measured', '')}. "
+                     f"Source: {'; '.join(sources)}. Peak figures: {report['conditions'].get('peaks_source', 'n/a')}.")
+    accuracy_sources = sorted({m.get("accuracy_source", "artifact") for m in models.values()})
+    notes.append(f"Accuracy is measured on the test split by running: {'; '.join(accuracy_sources)}.")
+    export = report.get("export") or {}
+    if export.get("engine_build_commands"):
+        built = "were built and timed here" if export.get("engines_built") else "were NOT built here"
+        notes += ["", f"TensorRT engines {built}. Build them on the device from the run dir with "
+                  f"`sh {export['engine_build_script']}`:", "", "```",
+                  *export["engine_build_commands"], "```"]
+    for key, check in (export.get("qdq_onnx_checks") or {}).items():
+        notes.append(f"Q/DQ ONNX of {key} in onnxruntime vs the fake-quantized torch model: argmax agreement "
+                     f"{check['argmax_agreement'] * 100:.2f}% on {check['samples']} test images, "
+                     f"max |logit diff| {check['max_abs_diff']:.3g}.")
+    for key, check in (export.get("coreml_checks") or {}).items():
+        ops = ", ".join(f"{name} x{count}" for name, count in sorted(check["ops"].items()))
+        notes.append(f"CoreML {key}: spec validated; ops: {ops}.")
+    return notes
+
+
 def render_search(search: dict[str, Any]) -> list[str]:
     if search.get("front") is None:  # a run made before the search kept its front
         return []
@@ -166,7 +211,8 @@ def render_search(search: dict[str, Any]) -> list[str]:
         f"{search['trials']} trials over {search['candidates']} distinct architectures, scored by "
         f"**{search['score']}** (no training), latency **{search['latency']}** on the target; "
         f"{search['fitting']} within {search['limit_ms']:.4f} ms (budget x margin). Pareto front, best score first "
-        "(a latency marked predicted comes from the target's latency table, not from a measurement):",
+        "(a latency marked predicted comes from the target's latency table or, for a device that is not attached, "
+        "from its published peaks; it is not a measurement):",
         "",
         "| # | student | score | latency ms | params |",
         "|---|---|---|---|---|",
@@ -179,7 +225,7 @@ def render_search(search: dict[str, Any]) -> list[str]:
               "| budget |", "|---|---|---|---|---|---|---|"]
     for number, attempt in enumerate(search["attempts"], 1):
         predicted = f"{attempt['predicted_ms']:.4f}" if attempt.get("predicted_ms") is not None else "n/a"
-        lines.append(f"| {number} | {attempt['student']} | {predicted} | {attempt['search_measured_ms']:.4f} "
+        lines.append(f"| {number} | {attempt['student']} | {predicted} | {_ms(attempt['search_measured_ms'])} "
                      f"| {attempt['bench_p50_ms']:.4f} | {attempt['accuracy'] * 100:.2f}% "
                      f"| {'met' if attempt['budget_met'] else 'missed'} |")
     return [*lines, ""]

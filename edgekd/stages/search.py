@@ -21,6 +21,11 @@ from typing import Any
 
 import torch
 
+from edgekd.availability import (
+    baseline_precision,
+    predicted_latency,
+    why_not_measurable,
+)
 from edgekd.backends import get_backend
 from edgekd.config import SearchConfig
 from edgekd.errors import UserError
@@ -28,6 +33,7 @@ from edgekd.latency.lut import quiet_exports
 from edgekd.models import arch_name, build_model, count_macs, count_params
 from edgekd.nas import engine
 from edgekd.nas.engine import Evaluation
+from edgekd.nas.latency_source import has_table
 from edgekd.nas.space import check_space, suggest_record
 from edgekd.quantizers import get_quantizer
 from edgekd.remote import benchmark_on_target
@@ -67,13 +73,24 @@ def measure_latency_ms(ctx: RunContext, model: torch.nn.Module, precision: str, 
     return stats.p50_ms
 
 
+def target_latency(ctx: RunContext, model: torch.nn.Module, precision: str, name: str) -> tuple[float, str]:
+    """(p50 ms, source): measured on the target when edgekd can run it, else predicted from the
+    device's published peaks (edgekd/availability.py), with a label that says so."""
+    if why_not_measurable(ctx.target) is None:
+        return measure_latency_ms(ctx, model, precision, name), "measured"
+    predicted = predicted_latency(ctx.target, model, tuple(ctx.data.input_shape), precision)
+    return predicted.ms, predicted.label
+
+
 def budget(ctx: RunContext) -> tuple[float, str, float]:
-    """(budget_ms, where it came from, teacher fp32 p50 ms)."""
-    teacher_p50 = measure_latency_ms(ctx, ctx.teacher.model, "fp32", "teacher")
+    """(budget_ms, where it came from, teacher p50 ms at the precision it would ship in)."""
+    precision = baseline_precision(ctx.target)
+    teacher_p50, source = target_latency(ctx, ctx.teacher.model, precision, "teacher")
     if ctx.spec.budget_ms is not None:
         return ctx.spec.budget_ms, "--budget-ms", teacher_p50
     speedup = ctx.recipe.search.default_speedup
-    return teacher_p50 / speedup, f"teacher fp32 p50 {teacher_p50:.4f} ms / {speedup:g}", teacher_p50
+    seen = "" if source == "measured" else f" {source}"
+    return teacher_p50 / speedup, f"teacher {precision} p50 {teacher_p50:.4f} ms{seen} / {speedup:g}", teacher_p50
 
 
 def teacher_derived_records(ctx: RunContext) -> list[dict[str, Any]]:
@@ -115,11 +132,16 @@ class Evaluator:
         x, y = data.train.x[: settings.proxy_batch], data.train.y[: settings.proxy_batch]
         self.scorer = ProxyScorer(settings.score, ctx.teacher.model, x, y)
         self.predictor = None
-        if settings.latency in ("auto", "predicted"):
-            from edgekd.nas.latency_source import has_table, predictor_for_search
+        self.unmeasurable = why_not_measurable(ctx.target)
+        if self.unmeasurable is not None and not has_table(ctx):
+            log.info("search: %s cannot be measured here (%s); every candidate's latency is predicted from the "
+                     "device's published peaks and labelled so", ctx.target.name, self.unmeasurable)
+        elif settings.latency in ("auto", "predicted"):
+            from edgekd.nas.latency_source import predictor_for_search
 
             if settings.latency == "predicted" or has_table(ctx):
-                self.predictor = predictor_for_search(ctx, derived, complete=settings.latency == "predicted")
+                self.predictor = predictor_for_search(
+                    ctx, derived, complete=settings.latency == "predicted" and self.unmeasurable is None)
             else:
                 log.info("search: no latency table for %s at this input size yet, so every candidate is measured "
                          "(`edgekd lut --target %s` builds one; later searches then predict)", ctx.target.name,
@@ -133,7 +155,7 @@ class Evaluator:
         if self.predictor is not None:
             latency, source = self.predictor.predict_with_source(record)
         else:
-            latency, source = measure_latency_ms(self.ctx, model, target.precision, name), "measured"
+            latency, source = target_latency(self.ctx, model, target.precision, name)
         with _torch_threads(1 if small_input(data.input_shape) else None):
             score = self.scorer.score(model)
             macs = count_macs(model, data.input_shape)
@@ -164,6 +186,14 @@ def pick_finalist(ctx: RunContext, front: list[Evaluation], limit_ms: float) -> 
     """Measure the front's best-scoring candidates on the device, in order, until one fits.
     Returns the chosen index in `front` and what was measured."""
     data, precision = ctx.data, ctx.target.precision
+    reason = why_not_measurable(ctx.target)
+    if reason is not None:
+        # Nothing can be measured: the best-scoring candidate predicted to fit is the choice.
+        best = front[0]
+        log.info("search: finalist %s not measured (%s); %s %.4f ms", best.name, reason, best.latency_source,
+                 best.latency_ms)
+        return 0, [{"name": best.name, "predicted_ms": best.latency_ms, "latency_source": best.latency_source,
+                    "measured_ms": None, "fits": True, "not_measured": reason}]
     measured = []
     for index, candidate in enumerate(front[: ctx.recipe.search.finalists]):
         if candidate.latency_source == "measured":
@@ -228,7 +258,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "budget_ms": budget_ms, "budget_source": budget_source, "teacher_p50_ms": teacher_p50,
         # the source actually used ("auto" resolves to one of them), and what was asked
         "limit_ms": limit_ms, "score": settings.score, "study": url, "latency_setting": settings.latency,
-        "latency": "predicted" if evaluator.predictor is not None else "measured",
+        "latency": "measured" if evaluator.predictor is None and evaluator.unmeasurable is None else "predicted",
         "trials": len(evaluations), "candidates": len(distinct), "fitting": sum(e.latency_ms <= limit_ms for e in distinct),
         "front": [{"name": e.name, "score": e.score, "latency_ms": e.latency_ms, "latency_source": e.latency_source,
                    "params": e.params} for e in front],
@@ -240,7 +270,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
 
 def summary(metrics: dict[str, Any]) -> str:
-    return (f"chose {metrics['chosen']} (measured {metrics['chosen_p50_ms']:.4f} ms p50) from a front of "
+    if metrics["chosen_p50_ms"] is None:
+        seen = f"{metrics['chosen_latency_source']} {metrics['chosen_predicted_ms']:.4f} ms p50"
+    else:
+        seen = f"measured {metrics['chosen_p50_ms']:.4f} ms p50"
+    return (f"chose {metrics['chosen']} ({seen}) from a front of "
             f"{len(metrics['front'])} among {metrics['candidates']} candidates; budget {metrics['budget_ms']:.4f} ms")
 
 
@@ -279,12 +313,13 @@ def reselect(ctx: RunContext, bench: dict[str, Any]) -> bool:
                     needed_ms, current.latency_source)
         return False
     chosen = front[index]
-    p50 = measure_latency_ms(ctx, build_model(chosen.record, ctx.data.input_shape[0], ctx.data.num_classes).eval(),
-                             ctx.target.precision, chosen.name)
+    p50, source = target_latency(ctx, build_model(chosen.record, ctx.data.input_shape[0], ctx.data.num_classes).eval(),
+                                 ctx.target.precision, chosen.name)
     log.warning("budget missed by %s (%.4f ms > %.4f ms): trying the next student on the front, %s "
-                "(%s %.4f ms, measured %.4f ms); attempt %d of %d", metrics["chosen"], measured_ms, bench["budget_ms"],
-                chosen.name, chosen.latency_source, chosen.latency_ms, p50, len(attempts) + 1,
+                "(%s %.4f ms, now %s %.4f ms); attempt %d of %d", metrics["chosen"], measured_ms, bench["budget_ms"],
+                chosen.name, chosen.latency_source, chosen.latency_ms, source, p50, len(attempts) + 1,
                 ctx.recipe.search.max_attempts)
+    p50 = p50 if source == "measured" else None
     metrics.update({
         "front_index": index, "chosen": chosen.name, "chosen_arch": chosen.record | {"name": chosen.name},
         "chosen_p50_ms": p50, "chosen_predicted_ms": chosen.latency_ms, "chosen_score": chosen.score,

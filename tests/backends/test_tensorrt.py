@@ -58,9 +58,9 @@ def test_trtexec_fp32_sets_no_precision_flag():
     assert "--optShapes=input:1x3x32x32" in command
 
 
-def test_trtexec_int8_tensorrt10_uses_the_int8_flag():
+def test_trtexec_int8_tensorrt10_uses_the_int8_flag_and_fp16_for_unquantized_layers():
     command = build(precision="int8")
-    assert "--int8" in command and "--fp16" not in command
+    assert "--int8" in command and "--fp16" in command
     assert "--stronglyTyped" not in command
 
 
@@ -93,7 +93,7 @@ def test_builder_flags_match_trtexec_flags():
         "FP16",
         "SPARSE_WEIGHTS",
     ]
-    assert trtx.builder_flags("int8", sparsity=False, strongly_typed=False) == ["INT8"]
+    assert trtx.builder_flags("int8", sparsity=False, strongly_typed=False) == ["INT8", "FP16"]
     assert trtx.builder_flags("int8", sparsity=False, strongly_typed=True) == []
 
 

@@ -94,10 +94,10 @@ def test_null_peaks_name_the_target_file_and_the_keys_to_fill():
 
 
 def test_a_precision_without_a_published_peak_is_refused_not_guessed():
-    target = load_target("apple-m")  # Apple publishes the Neural Engine's TOPS, no FP16 figure
+    target = load_target("apple-m")  # Apple publishes the Neural Engine's TOPS, no FP32 figure
     assert predict_latency_ms(conv(8), (8, 8, 8), target, "int8").total_ms > 0
-    with pytest.raises(UserError, match="fp16_tflops"):
-        predict_latency_ms(conv(8), (8, 8, 8), target, "fp16")
+    with pytest.raises(UserError, match="fp32_tflops"):
+        predict_latency_ms(conv(8), (8, 8, 8), target, "fp32")
     with pytest.raises(UserError, match="precision"):
         predict_latency_ms(conv(8), (8, 8, 8), target, "int4")
 
