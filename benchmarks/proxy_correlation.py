@@ -114,7 +114,7 @@ def cached_teacher(data: DatasetSplits, train, val, cache: Path) -> tuple[torch.
         return model.eval(), json.loads(info.read_text())["test_accuracy"]
     log.info("teacher: training %s for %d epochs on %d images", RECIPE["teacher_arch"],
              RECIPE["teacher_epochs"], len(train))
-    fit(model, train, val, lambda logits, labels, _index: F.cross_entropy(logits, labels),
+    fit(model, train, val, lambda logits, labels, _index, _epoch: F.cross_entropy(logits, labels),
         epochs=RECIPE["teacher_epochs"], lr=RECIPE["teacher_lr"], batch_size=RECIPE["batch_size"],
         patience=RECIPE["teacher_epochs"], seed=RECIPE["seed"], weight_decay=5e-4, desc="teacher")
     torch.save(model.state_dict(), weights)
@@ -127,7 +127,7 @@ def distill(record: dict[str, Any], data: DatasetSplits, train, val, teacher_log
     """The distill stage's fp32 step (edgekd/stages/distill.py) with the benchmark's recipe."""
     objective = make_kd_loss(RECIPE["loss"], SimpleNamespace(**RECIPE))
 
-    def kd_loss(logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def kd_loss(logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, _epoch: int) -> torch.Tensor:
         return objective(logits, teacher_logits[index], labels)
 
     torch.manual_seed(RECIPE["seed"])

@@ -39,6 +39,7 @@ def open_run(args: argparse.Namespace, *, command: str) -> RunContext:
     check_space(recipe.search)
     check_search_methods(recipe.search)
     make_kd_loss(recipe.distill.loss, recipe.distill)
+    _check_distill(recipe.distill)
     _check_target_tools(target)
     spec = RunSpec(
         target=to_dict(target), recipe=to_dict(recipe), data=_abs(args.data), teacher=_abs(args.teacher),
@@ -54,6 +55,10 @@ def open_run(args: argparse.Namespace, *, command: str) -> RunContext:
     # fast and leaves no half-made run dir behind.
     data = load_dataset(spec.data, seed=spec.seed, image_size=spec.image_size)
     teacher = load_user_teacher(spec, data) if spec.teacher else None
+    if recipe.distill.calibration:  # images missing or of the wrong shape: say so before any work
+        from edgekd.data.calibration import load_calibration
+
+        load_calibration(recipe.distill.calibration, data.input_shape)
     ctx = RunContext.create(run_dir, spec, overwrite=args.overwrite)
     ctx.data = data
     if teacher is not None:
@@ -74,6 +79,22 @@ def _resume(args: argparse.Namespace) -> RunContext:
     done = ", ".join(ctx.state.completed) or "none"
     log.info("resuming %s (stages done: %s)", ctx.run_dir, done)
     return ctx
+
+
+def _check_distill(settings) -> None:
+    """Distill settings that name files: checked now, and made absolute so that a resumed run
+    finds them from any directory."""
+    from edgekd.data.calibration import read_manifest
+    from edgekd.stages.distill import check_distill_settings
+    from edgekd.student_init import check_init
+
+    check_distill_settings(settings)
+    if settings.init not in ("random", "teacher"):
+        settings.init = str(Path(settings.init).expanduser().resolve())
+    check_init(settings.init)
+    if settings.calibration:
+        settings.calibration = str(Path(settings.calibration).expanduser().resolve())
+        read_manifest(settings.calibration)  # missing or malformed manifest: a UserError now
 
 
 def _check_target_tools(target) -> None:

@@ -144,6 +144,26 @@ class DistillConfig:
     # Student's starting weights: "random", "teacher" (a teacher-derived student starts from the
     # teacher's kept weights) or the path of a state dict (edgekd/student_init.py)
     init: str = "random"
+    # Deterministic augmentation (edgekd.data.augment): random shifts of up to augment_shift_px
+    # (null: 1/8 of the image side) and, if asked, horizontal flips (wrong for digits and text).
+    # The teacher's outputs on each augmented epoch are cached on disk (edgekd.teacher_cache).
+    augment: bool = False
+    augment_shift_px: int | None = None
+    augment_hflip: bool = False
+    # Teacher outputs kept per sample: the top-k classes' log-probabilities (0: all, exact)
+    teacher_top_k: int = 0
+    teacher_cache_dtype: str = "float32"  # or "float16": ~30% less disk, losses within ~1e-4
+    # INT8: "qat" (PTQ-initialised, then trained with the KD loss) or "ptq" (calibration only)
+    mode: str = "qat"
+    # A calibration manifest (calibration/README.md); null: the first calibration_samples
+    # training images
+    calibration: str | None = None
+    # Per-layer sensitivity (edgekd/quantizers/sensitivity.py): layers whose INT8 costs more than
+    # this many val accuracy points stay in float, and what each costs in latency is measured.
+    # null: no analysis (every conv/linear quantized). sensitivity_layers: the layers to analyse
+    # (null: every conv and linear layer)
+    sensitivity_threshold_pt: float | None = None
+    sensitivity_layers: list[str] | None = None
 
 
 @dataclass

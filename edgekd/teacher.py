@@ -97,7 +97,7 @@ def _cached_or_trained_teacher(ctx: "RunContext") -> Teacher:
     log.info("teacher: training %s on %s for up to %d epochs (first use; cached afterwards)",
              arch.get("name"), data.name, settings.epochs)
     result = fit(
-        model, data.train, data.val, lambda logits, labels, _index: F.cross_entropy(logits, labels),
+        model, data.train, data.val, lambda logits, labels, _index, _epoch: F.cross_entropy(logits, labels),
         epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
         patience=settings.patience, seed=ctx.spec.seed, weight_decay=5e-4, desc="teacher",
     )

@@ -1,7 +1,8 @@
 """One supervised training loop shared by teacher training and distillation.
 
-The loss is a callable of (logits, labels, sample indices), so distillation can look up cached
-teacher logits by index without a second data pipeline. Modules trained beside the model (feature-KD
+The loss is a callable of (logits, labels, sample indices, epoch), so distillation can look up
+cached teacher outputs by index and augmentation epoch without a second data pipeline; `augment`,
+when given, turns each batch's images into that epoch's augmented copies first. Modules trained beside the model (feature-KD
 adapters) join the optimizer through `extra_modules` without becoming part of the model. Early
 stopping keeps the weights with the best validation accuracy.
 """
@@ -21,7 +22,10 @@ from edgekd.measure import progress
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (logits, labels, sample indices, epoch) -> loss; epoch counts from 0
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+# (images, sample indices, epoch) -> the images the model trains on this epoch
+AugmentFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 @dataclass
@@ -65,6 +69,7 @@ def fit(
     desc: str = "train",
     on_epoch_end: Callable[[int, float], None] | None = None,
     extra_modules: Sequence[nn.Module] = (),
+    augment: AugmentFn | None = None,
 ) -> FitResult:
     """AdamW with cosine decay; stops after `patience` epochs without a better val accuracy and
     leaves the model holding its best weights. `extra_modules` are trained in the same optimizer
@@ -87,7 +92,10 @@ def fit(
             index = order[start : start + batch_size]
             if len(index) < 2:  # BatchNorm cannot train on a batch of one
                 continue
-            loss = loss_fn(model(train.x[index]), train.y[index], index)
+            images = train.x[index]
+            if augment is not None:
+                images = augment(images, index, epoch - 1)
+            loss = loss_fn(model(images), train.y[index], index, epoch - 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

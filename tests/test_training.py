@@ -35,7 +35,7 @@ def data() -> tuple[Split, Split]:
     return _synthetic(161, seed=0), _synthetic(80, seed=1)  # 161 = 2 * 64 + 33: ragged last batch
 
 
-def _ce(logits, labels, _index):
+def _ce(logits, labels, _index, _epoch):
     return F.cross_entropy(logits, labels)
 
 
@@ -106,7 +106,7 @@ def test_model_ends_with_best_weights(data):
     batches_per_epoch = sum(1 for s in range(0, len(train), 16) if len(train) - s >= 2)
     calls = {"n": 0}
 
-    def turning_loss(logits, labels, _index):
+    def turning_loss(logits, labels, _index, _epoch):
         calls["n"] += 1
         if calls["n"] > 2 * batches_per_epoch:
             labels = (labels + 1) % NUM_CLASSES  # sabotage from epoch 3 on
@@ -137,7 +137,7 @@ def test_batch_of_one_is_skipped_for_batchnorm():
     model = build_model("resnet_xs", 1, NUM_CLASSES)
     seen = []
 
-    def loss(logits, labels, index):
+    def loss(logits, labels, index, _epoch):
         seen.append(len(index))
         return F.cross_entropy(logits, labels)
 
@@ -149,7 +149,7 @@ def test_loss_gets_sample_indices(data):
     train, val = data
     seen = []
 
-    def loss(logits, labels, index):
+    def loss(logits, labels, index, _epoch):
         assert torch.equal(labels, train.y[index])
         seen.append(index)
         return F.cross_entropy(logits, labels)

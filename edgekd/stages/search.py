@@ -227,6 +227,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
     log.info("search: budget %.4f ms (%s); candidates must be <= %.4f ms", budget_ms, budget_source, limit_ms)
 
     derived = teacher_derived_records(ctx)
+    if not derived and set(settings.families) == {"teacher-derived"}:
+        raise UserError("search.families is only teacher-derived, but this teacher gives no derived students "
+                        "(they need a built-in teacher architecture, --teacher-arch); add 'resnet' or 'mobilenet' "
+                        "to search.families")
     url = study_url(ctx)
     study = engine.open_study(url, study_name(ctx), seed=ctx.spec.seed, population=settings.population)
     if not ctx.spec.storage:

@@ -184,3 +184,21 @@ def test_malformed_device_url_fails_before_any_work(tmp_path, capsys):
     code, err = run_cli(capsys, "compress", "--runs-dir", str(tmp_path), "--device", "jetson.local")
     assert code == 2 and "ssh://" in error_line(err)
     assert not any(tmp_path.iterdir())
+
+
+def test_calibration_manifest_pointing_at_missing_files(tmp_path, capsys):
+    manifest = tmp_path / "calib.yaml"
+    manifest.write_text("name: broken\ninput_shape: [1, 8, 8]\nimages: [gone-1.png, gone-2.png]\n")
+    runs = tmp_path / "runs"
+    code, err = run_cli(capsys, "compress", "--runs-dir", str(runs), "--name", "r", *tiny_args(),
+                        "--set", f"distill.calibration='{manifest}'")
+    assert code == 2
+    line = error_line(err)
+    assert "2 of 2 image files are missing" in line and "gone-1.png" in line
+    assert not (runs / "r").exists()
+
+
+def test_unknown_int8_mode(tmp_path, capsys):
+    code, err = run_cli(capsys, "compress", "--runs-dir", str(tmp_path), *tiny_args(), "--set", "distill.mode='qta'")
+    assert code == 2 and "distill.mode 'qta' is unknown" in error_line(err)
+    assert list(tmp_path.iterdir()) == []
