@@ -357,12 +357,31 @@ def benchmark(
     the stats record how many warm-up queries trtexec actually ran. `threads` does not apply to
     GPU inference and is ignored.
     """
+    if Path(path).suffix == ".onnx":
+        path = engine_for_onnx(Path(path), max_batch=batch)
     if threads is not None:
         log.debug("threads=%s ignored: TensorRT inference runs on the GPU", threads)
     log.debug("warmup=%d requested; trtexec warms up for %d ms instead", warmup, warmup_ms)
     return latency_stats_from_trtexec(
         profile(path, runs=runs, warmup_ms=warmup_ms, batch=batch), batch=batch, runs=runs
     )
+
+
+def engine_for_onnx(onnx_path: Path, *, max_batch: int = 1) -> Path:
+    """The engine of an ONNX that was copied to the device (edgekd measures over SSH from a host
+    without TensorRT): built beside it, INT8 when the ONNX carries Q/DQ nodes, else FP16, and
+    reused when it is already there."""
+    import onnx
+
+    onnx_path = require_file(Path(onnx_path))
+    engine_path = onnx_path.with_name(onnx_path.name.removesuffix(".onnx").removesuffix(".trt") + f"-b{max_batch}.engine")
+    if engine_path.is_file():
+        return engine_path
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    precision = "int8" if any(node.op_type == "QuantizeLinear" for node in graph.node) else "fp16"
+    chw = tuple(_onnx_input_shape(onnx_path)[1:])
+    return export_from_onnx(onnx_path, engine_path, metadata={"source_onnx": onnx_path.name}, precision=precision,
+                            input_chw=chw, max_batch=max_batch)
 
 
 def predict_logits(

@@ -259,6 +259,47 @@ def test_benchmark_without_trtexec_is_missing_dependency(no_tensorrt, tmp_path):
         trtb.benchmark(engine, warmup=2, runs=10)
 
 
+def test_benchmark_of_an_onnx_builds_its_engine_first_int8_for_qdq(tmp_path, monkeypatch):
+    """On a device reached over SSH, edgekd copies the ONNX (no engine can be built on a host
+    without TensorRT); the device builds the engine beside it, once, in the ONNX's precision."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def write(path, with_qdq):
+        nodes = [helper.make_node("Identity", ["input"], ["logits"])]
+        if with_qdq:
+            nodes = [helper.make_node("QuantizeLinear", ["input", "s"], ["q"]),
+                     helper.make_node("DequantizeLinear", ["q", "s"], ["logits"])]
+        graph = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 8, 8])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, 8, 8])],
+            [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])])
+        onnx.save(helper.make_model(graph), str(path))
+        return path
+
+    built = []
+
+    def fake_build(onnx_path, engine_path, *, precision, input_chw, max_batch, **_):
+        built.append((Path(onnx_path).name, Path(engine_path).name, precision, input_chw, max_batch))
+        Path(engine_path).write_bytes(b"plan")
+        return Path(engine_path)
+
+    monkeypatch.setattr(trtb, "export_from_onnx", fake_build)
+    assert trtb.engine_for_onnx(write(tmp_path / "student_int8.trt.onnx", True), max_batch=4).name == "student_int8-b4.engine"
+    trtb.engine_for_onnx(write(tmp_path / "teacher_fp16.trt.onnx", False))
+    trtb.engine_for_onnx(tmp_path / "student_int8.trt.onnx", max_batch=4)  # already built: reused
+    assert built == [("student_int8.trt.onnx", "student_int8-b4.engine", "int8", (1, 8, 8), 4),
+                     ("teacher_fp16.trt.onnx", "teacher_fp16-b1.engine", "fp16", (1, 8, 8), 1)]
+
+
+def test_benchmark_of_an_onnx_without_tensorrt_is_missing_dependency(no_tensorrt, tmp_path):
+    onnx_path = tmp_path / "m.trt.onnx"
+    trtb.export_onnx(TinyCNN().eval(), torch.rand(1, 1, 8, 8), onnx_path, metadata={}, precision="fp32")
+    with pytest.raises(MissingDependencyError, match="edgekd\\[tensorrt\\]"):
+        trtb.benchmark(onnx_path, warmup=2, runs=10)
+    assert not list(tmp_path.glob("*.engine"))
+
+
 # --- the INT8 artifact TensorRT builds from (runs here) ---------------------------------------
 
 
