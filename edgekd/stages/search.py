@@ -42,6 +42,9 @@ from edgekd.run import RunContext, write_json
 log = logging.getLogger(__name__)
 
 LATENCY_SOURCES = ("auto", "predicted", "measured")
+# With no --budget-ms and no student at teacher / default_speedup: choose among students at most
+# this factor slower than the fastest one.
+RELAXED_BAND = 1.1
 
 
 def check_search_methods(settings: SearchConfig) -> None:
@@ -245,6 +248,19 @@ def run(ctx: RunContext) -> dict[str, Any]:
     distinct = engine.distinct(evaluations)
     write_json(ctx.stage_dir("search") / "candidates.json", [e.to_dict() for e in distinct])
     front = engine.pareto_front(evaluations, limit_ms)
+    if not front and ctx.spec.budget_ms is None:
+        # The default budget (a speed-up over the teacher) is a wish, not the user's requirement:
+        # where no student reaches it (e.g. a GPU at tiny inputs, where per-layer launch cost
+        # dominates), take the fastest students instead, and say so in the log and the report.
+        quickest = engine.fastest(distinct)
+        limit_ms = quickest.latency_ms * RELAXED_BAND
+        unreachable_ms, budget_ms = budget_ms, limit_ms / settings.latency_margin
+        budget_source += (f"; unreachable on {target.name} (fastest student {quickest.name} {quickest.latency_ms:.4f} ms "
+                          f"{quickest.latency_source} vs {unreachable_ms:.4f} ms), relaxed to the fastest students")
+        log.warning("search: no student reaches the default budget of %.4f ms on %s; the fastest is %s at %.4f ms (%s): "
+                    "choosing among students within %.4f ms instead (give --budget-ms to require a budget)",
+                    unreachable_ms, target.name, quickest.name, quickest.latency_ms, quickest.latency_source, limit_ms)
+        front = engine.pareto_front(evaluations, limit_ms)
     if not front:
         quickest = engine.fastest(distinct)
         raise UserError(

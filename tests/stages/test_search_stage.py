@@ -69,6 +69,18 @@ def test_default_budget_is_teacher_latency_over_speedup(tmp_path, monkeypatch):
     assert "teacher fp32 p50" in metrics["budget_source"]
 
 
+def test_an_unreachable_default_budget_is_relaxed_to_the_fastest_students_and_said(tmp_path, monkeypatch):
+    # teacher 10 ms / speed-up 20 = 0.5 ms: no student gets there; without --budget-ms that is
+    # not an error, the fastest students are chosen among and the budget's source says why.
+    ctx = make_ctx(tmp_path, ["search.width_multipliers=[0.5,1.0,2.0]", "search.default_speedup=20.0"])
+    monkeypatch.setattr(search, "measure_latency_ms", fake_latency(dict(zip(sizes_of(ctx), [1.0, 1.05, 3.0]))))
+    metrics = search.run(ctx)
+    assert metrics["limit_ms"] == pytest.approx(1.1)  # fastest x RELAXED_BAND
+    assert {p["latency_ms"] for p in metrics["front"]} <= {1.0, 1.05}
+    assert metrics["chosen_p50_ms"] == 1.05  # the better-scoring of the two fast ones
+    assert "unreachable on x86-cpu" in metrics["budget_source"]
+
+
 def test_a_budget_below_the_fastest_candidate_names_it(tmp_path, monkeypatch):
     ctx = make_ctx(tmp_path, ["search.width_multipliers=[0.5,1.0]"], budget_ms=0.1)
     monkeypatch.setattr(search, "measure_latency_ms", fake_latency(dict(zip(sizes_of(ctx), [0.3, 0.7]))))
