@@ -171,9 +171,17 @@ def main(argv: list[str] | None = None) -> int:
 def _list_targets() -> int:
     from edgekd.config import known_targets, load_target
 
+    from edgekd.availability import check_predictable, why_not_measurable
+
+    print(f"{'target':16} {'backend':10} {'precisions':14} {'latency here':13} description")
     for name in known_targets():
         target = load_target(name)
-        print(f"{name:16} {target.backend:10} {'/'.join(target.precisions):12} {target.description}")
+        here = "measured" if why_not_measurable(target) is None else "predicted"
+        try:
+            check_predictable(target)
+        except UserError:
+            here = "unavailable"  # neither its runtime nor its peak figures are here
+        print(f"{name:16} {target.backend:10} {'/'.join(target.precisions):14} {here:13} {target.description}")
     return 0
 
 
