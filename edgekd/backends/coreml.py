@@ -40,6 +40,9 @@ except ImportError as exc:  # optional dependency: say which extra to install
     raise MissingDependencyError("coremltools", "coreml") from exc
 
 log = logging.getLogger(__name__)
+# coremltools logs every graph pass at INFO ("Removing op ...": ~1,400 lines for three small
+# models); edgekd's own lines say what was converted. Its warnings still show.
+logging.getLogger("coremltools").setLevel(logging.WARNING)
 
 NAME = "coreml"
 SUFFIX = ".mlpackage"

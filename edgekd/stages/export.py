@@ -1,6 +1,13 @@
-"""Write the deployable artifacts: the target backend's IR for the teacher (fp32, the baseline
-bench compares against) and the student (fp32 and the deployed precision), plus the fp32 ONNX.
-Each artifact carries metadata saying what it is and where it came from."""
+"""Write the deployable artifacts: the target backend's artifact for the teacher and the float
+student at the baseline precision (fp32 on OpenVINO; fp16 on TensorRT and Core ML, what a team
+would ship without edgekd), and for the student at the deployed precision (INT8, from the target's
+own quantizer), plus the student's fp32 ONNX. The role keys stay "student_fp32" / "student_int8"
+(float / quantized); each artifact's metadata says its actual precision and where it came from.
+
+TensorRT: each model's ONNX (a Q/DQ ONNX from ModelOpt for INT8, checked in onnxruntime against the
+fake-quantized torch model), then the engine where TensorRT is here; the exact trtexec commands
+always go to export/build_engines.sh. Core ML: ML Programs validated and their ops listed.
+"""
 
 from __future__ import annotations
 
