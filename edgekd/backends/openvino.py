@@ -84,6 +84,9 @@ def _convert(
 ) -> ov.Model:
     was_training = model.training
     model.eval()  # dropout/batch-norm must be in inference mode while tracing
+    # A failed conversion leaves the root logger at ERROR (OpenVINO's torch frontend sets it while
+    # it retries), which would silence every later warning of the caller's program: restore it.
+    root_level = logging.getLogger().level
     try:
         with warnings.catch_warnings(), torch.no_grad():
             # OpenVINO traces through TorchScript: torch's deprecation notice for it and tracer
@@ -98,6 +101,7 @@ def _convert(
         ) from exc
     finally:
         model.train(was_training)  # leave the caller's model as we found it
+        logging.getLogger().setLevel(root_level)
 
 
 def _conversion_error_summary(exc: Exception) -> str:

@@ -1,3 +1,4 @@
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,14 @@ def test_conversion_failure_is_user_error(tmp_path):
         ovb.export(RaisingForward(), x, tmp_path / "bad.xml", metadata={})
     with pytest.raises(UserError, match=prefix + ".*aten::linalg_eig"):
         ovb.export(UnsupportedOp(), x, tmp_path / "eig.xml", metadata={})
+
+
+def test_a_failed_conversion_leaves_the_root_loggers_level_alone(tmp_path):
+    root = logging.getLogger()
+    before = root.level
+    with pytest.raises(UserError):
+        ovb.export(UnsupportedOp(), torch.rand(1, 1, 8, 8), tmp_path / "eig.xml", metadata={})
+    assert root.level == before
 
 
 @pytest.fixture(scope="module")
