@@ -70,7 +70,16 @@ def measure_latency_ms(ctx: RunContext, model: torch.nn.Module, precision: str, 
     path = ctx.stage_dir("search") / "candidates" / f"{name}-{precision}{backend.SUFFIX}"
     path.parent.mkdir(exist_ok=True)
     with quiet_exports():  # a search times dozens of candidates; their export lines would bury the rest
-        backend.export(model, example, path, metadata={"purpose": "latency probe"})
+        if ctx.target.backend == "tensorrt":
+            # The ONNX (Q/DQ for INT8) is what is timed: TensorRT builds its engine where it runs,
+            # here or on the device behind the runner (tensorrt.benchmark of an ONNX).
+            path = path.with_suffix(".trt.onnx")
+            if precision == "int8":
+                quantizer.export_onnx(model, example, path)
+            else:
+                backend.export_onnx(model, example, path, metadata={"purpose": "latency probe"}, precision=precision)
+        else:
+            backend.export(model, example, path, metadata={"purpose": "latency probe"})
     settings = ctx.recipe.search
     stats = benchmark_on_target(ctx.target, path, backend, settings.warmup, settings.runs, ctx.recipe.bench.threads)
     return stats.p50_ms

@@ -147,3 +147,34 @@ def _openvino_version() -> str:
     from edgekd.backends import get_backend
 
     return get_backend("openvino").version()
+
+
+def test_a_tensorrt_target_behind_a_runner_is_timed_from_its_onnx(tmp_path, monkeypatch):
+    """No TensorRT here, a Jetson behind ssh://: the search sends the candidate's ONNX (a Q/DQ
+    ONNX for INT8) to the device, which builds and times the engine (the device is stood in for by
+    a function that records what it was sent)."""
+    import onnx
+
+    from edgekd.measure import LatencyStats
+
+    target = load_target("jetson-orin")
+    target.runner = "ssh://nvidia@jetson.invalid"
+    recipe = load_recipe(None, ["teacher.arch='resnet_xs'", "teacher.epochs=1", *SPACE], target.bench)
+    ctx = RunContext.create(tmp_path / "run", RunSpec(target=to_dict(target), recipe=to_dict(recipe)))
+    sent = []
+
+    def device(target, path, backend, warmup, runs, threads, batch=1):
+        sent.append(path)
+        return LatencyStats(p50_ms=0.1, p90_ms=0.1, p99_ms=0.1, mean_ms=0.1, min_ms=0.1, runs=runs, warmup=warmup,
+                            batch=batch)
+
+    monkeypatch.setattr(search, "benchmark_on_target", device)
+    from edgekd.models import build_model
+
+    assert search.measure_latency_ms(ctx, build_model("resnet_xs", 1, 10).eval(), "int8", "probe") == 0.1
+    assert search.measure_latency_ms(ctx, build_model("resnet_xs", 1, 10).eval(), "fp16", "probe") == 0.1
+    int8, fp16 = sent
+    assert int8.name == "probe-int8.trt.onnx" and fp16.name == "probe-fp16.trt.onnx"
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert "QuantizeLinear" in ops
+    assert "QuantizeLinear" not in {node.op_type for node in onnx.load(str(fp16)).graph.node}
