@@ -9,7 +9,7 @@ import platform
 
 import pytest
 import torch
-from residual_cnn import ResidualCNN, digits, train_steps_, trained_model
+from residual_cnn import ResidualCNN, train_steps_
 
 from edgekd.errors import UserError
 from edgekd.quantizers import get_quantizer
@@ -19,16 +19,6 @@ cq = get_quantizer("coreml")
 cmb = pytest.importorskip("edgekd.backends.coreml")
 
 ON_MACOS = platform.system() == "Darwin"
-
-
-@pytest.fixture(scope="module")
-def data(one_torch_thread):
-    return digits()
-
-
-@pytest.fixture(scope="module")
-def float_model(data):
-    return trained_model(*data)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +48,7 @@ def test_eval_does_not_move_scales_but_training_does(quantized, data):
     x, y = data
     model = copy.deepcopy(quantized)
     with torch.no_grad():
-        first, second = model(x[:64]), model(x[:64] * 3)  # outside the calibrated range
+        first, _ = model(x[:64]), model(x[:64] * 3)  # the second call is outside the calibrated range
         assert torch.equal(model(x[:64]), first)  # observers frozen in eval mode
     before = model.graph_module.conv.weight.detach().clone()
     weight_scale = model.graph_module.conv.weight_fake_quant.scale.clone()

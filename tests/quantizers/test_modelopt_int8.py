@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from residual_cnn import ResidualCNN, digits, train_steps_, trained_model
+from residual_cnn import ResidualCNN, train_steps_
 
 from edgekd.errors import UserError
 from edgekd.models import build_model
@@ -16,17 +16,7 @@ pytest.importorskip("modelopt", reason="nvidia-modelopt is not installed (pip in
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'edgekd[onnx]')")
 mo = get_quantizer("modelopt")
 
-from edgekd.backends.tensorrt_qdq import qdq_problems  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def data(one_torch_thread):
-    return digits()
-
-
-@pytest.fixture(scope="module")
-def float_model(data):
-    return trained_model(*data)
+from edgekd.backends.tensorrt_qdq import qdq_problems
 
 
 @pytest.fixture(scope="module")
