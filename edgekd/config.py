@@ -190,7 +190,7 @@ def load_target(name_or_path: str) -> Target:
             raise UserError(f"unknown target {name_or_path!r}{hint} (known: {', '.join(known)})")
     elif not path.is_file():
         raise UserError(f"target file '{path}' does not exist")
-    data = _read_yaml(path)
+    data = read_yaml_mapping(path)
     target = _from_dict(Target, data, where=str(path))
     if target.precision not in target.precisions:
         raise UserError(
@@ -208,7 +208,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), bench_defaul
         path = Path(path)
         if not path.is_file():
             raise UserError(f"recipe file '{path}' does not exist")
-        for section, values in _read_yaml(path).items():
+        for section, values in read_yaml_mapping(path).items():
             if not isinstance(values, dict):
                 raise UserError(f"{path}: section {section!r} must be a mapping")
             data.setdefault(section, {}).update(values)
@@ -250,13 +250,15 @@ def target_from_dict(data: dict[str, Any]) -> Target:
     return _from_dict(Target, data, where="saved target")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, *, hint: str = "") -> dict[str, Any]:
+    """A YAML file that must hold a mapping, read with safe_load (no code-running tags); any
+    other content is a UserError naming the file (and `hint`, e.g. where the format is described)."""
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a YAML mapping")
+        raise UserError(f"{path} must hold a YAML mapping{hint}")
     return data
 
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
+from edgekd.config import read_yaml_mapping
 from edgekd.data import image_folder
 from edgekd.errors import UserError
 
@@ -61,12 +61,7 @@ def read_manifest(path: str | Path) -> CalibrationManifest:
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"calibration manifest '{path}' does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(data, dict):
-        raise UserError(f"calibration manifest {path} must hold a YAML mapping (see calibration/README.md)")
+    data = read_yaml_mapping(path, hint=" (a calibration manifest: see calibration/README.md)")
     known = [f.name for f in fields(CalibrationManifest) if f.name != "path"]
     for key in data:
         if key not in known:
