@@ -113,10 +113,11 @@ def students() -> dict[str, dict[str, Any]]:
 
 
 def row_keys() -> list[str]:
-    """Every row, seed-major: a partial run holds both students at the seeds it finished."""
+    """Every row, the larger student first at every seed: it carries the issue's teacher check, so
+    a partial run has it at all seeds (mean +- std) before the smaller one's later seeds."""
     keys = []
-    for seed in RECIPE["seeds"]:
-        for student in students():
+    for student in reversed(list(students())):
+        for seed in RECIPE["seeds"]:
             keys += [f"{student}/seed{seed}/fp32/{row}" for row in FP32_ROWS]
             keys += [f"{student}/seed{seed}/{backend}/{row}" for backend in BACKENDS for row in INT8_ROWS]
     return keys
