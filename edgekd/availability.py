@@ -20,8 +20,6 @@ from edgekd.config import Target
 
 log = logging.getLogger(__name__)
 
-MEASURED = "measured"
-
 
 def why_not_measurable(target: Target) -> str | None:
     """None when edgekd can time this target's artifacts; else the reason it cannot."""

@@ -64,7 +64,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
             predicted = predicted_latency(target, float_model, tuple(data.input_shape), precision)
             entry |= {"latency_ms": {"p50": predicted.ms, "p90": None, "p99": None}, "latency_source": predicted.label,
                       "throughput_ips": None, "throughput_batch": settings.throughput_batch}
-        entry |= _accuracy(ctx, backend, path, model, remote=target.runner != "local" or unmeasurable is not None)
+        entry |= _accuracy(ctx, backend, path, model,
+                           runtime_elsewhere=target.runner != "local" or unmeasurable is not None)
         entry |= _size(backend, path, ctx.run_dir)
         models[key] = entry
         p99 = entry["latency_ms"]["p99"]
@@ -115,11 +116,11 @@ def _measure(ctx: RunContext, backend, path: Path) -> dict[str, Any]:
     return entry
 
 
-def _accuracy(ctx: RunContext, backend, path: Path, model, *, remote: bool) -> dict[str, Any]:
+def _accuracy(ctx: RunContext, backend, path: Path, model, *, runtime_elsewhere: bool) -> dict[str, Any]:
     """Test accuracy of the artifact in the target runtime; where that runtime is not here, of the
     closest stand-in that runs here, named in accuracy_source."""
     test = ctx.data.test
-    if path.exists() and not (remote and ctx.target.backend in ("tensorrt", "coreml")):
+    if path.exists() and not (runtime_elsewhere and ctx.target.backend in ("tensorrt", "coreml")):
         return {"accuracy": backend.accuracy(path, test.x, test.y), "accuracy_source": f"{backend.NAME} artifact"}
     if ctx.target.backend == "tensorrt":
         onnx_path = onnx_path_for(path)  # the ONNX the engine is built from: Q/DQ for INT8
