@@ -1,11 +1,12 @@
 """Where the student's weights start (distill.init): random, the teacher's kept weights, or a
 checkpoint. MEAL V2 credits much of its gain to a good student initialisation.
 
-- "random": the builder's initialisation.
+- "random": the builder's initialisation (a student cut from the teacher module is re-drawn).
 - "teacher": a teacher-derived student (search family "teacher-derived", edgekd/models/derived.py)
   keeps the first blocks of each teacher stage, thinner; it starts from the teacher's weights of
   those blocks, the channels kept chosen by Torch-Pruning's group L2 magnitude (as derived.py cuts
-  them). Any other student cannot, and the stage logs why and trains from random weights.
+  them). A student cut from a teacher module already holds them. Any other student cannot, and
+  the stage logs why and trains from random weights.
 - a path: a state dict loaded with torch.load(weights_only=True) (no code runs); a missing,
   corrupt or mismatched file is a UserError.
 """
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import UserError
+from edgekd.models.student import is_derived, reinitialise_
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +47,17 @@ def initialise_student_(
     teacher_arch: dict[str, Any] | None,
     example_input: torch.Tensor,
 ) -> str:
-    """Set the student's starting weights in place; returns what was done, for the metrics."""
+    """Set the student's starting weights in place; returns what was done, for the metrics.
+    A student cut from the teacher module (family "derived", edgekd/models/student.py) is built
+    with the teacher's kept weights: "teacher" keeps them, "random" draws fresh ones."""
+    derived = is_derived(arch)
     if init == "random":
+        if derived:
+            reinitialise_(student)
         return "random"
+    if init == "teacher" and derived:
+        log.info("distill: student starts from the teacher's kept weights (it was cut from the teacher)")
+        return "teacher"
     if init == "teacher":
         reason = teacher_init_blocker(arch, teacher_arch)
         if reason is None:

@@ -87,3 +87,21 @@ def test_bad_checkpoints_are_user_errors(tmp_path):
     torch.save(build_model("resnet_xs", 1, 10), pickled)  # a whole pickled module
     with pytest.raises(UserError, match="not a plain state dict"):
         initialise_student_(student, record, str(pickled), student, None, X)
+
+
+def test_a_student_cut_from_a_teacher_module_keeps_or_redraws_the_teachers_weights():
+    """A pickled user teacher has no record (teacher_arch None): its derived students are built
+    from the module, with its weights; "teacher" keeps them, "random" draws fresh ones."""
+    from edgekd.models.student import build_student
+
+    torch.manual_seed(0)
+    teacher = build_model("resnet_m", 1, 10).eval()
+    record = {"family": "derived", "origin": "teacher-derived", "drop": ["stages.1.1"], "width_ratio": 0.5,
+              "channel_multiple": 8}
+    kept = build_student(record, 1, 10, teacher, X[:1])
+    expected = kept.fc.weight.clone()
+    assert initialise_student_(kept, record, "teacher", teacher, None, X) == "teacher"
+    assert torch.equal(kept.fc.weight, expected)
+    redrawn = build_student(record, 1, 10, teacher, X[:1])
+    assert initialise_student_(redrawn, record, "random", teacher, None, X) == "random"
+    assert redrawn.fc.weight.shape == expected.shape and not torch.equal(redrawn.fc.weight, expected)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
+import json
 import math
 from typing import Any
 
@@ -86,9 +88,21 @@ def arch_name(record: dict[str, Any]) -> str:
         return record["name"]
     if record["family"] == "mobilenet":
         return _mobilenet_name(record)
+    if record["family"] == "derived":
+        return _derived_name(record)
     widths = "-".join(str(w) for w in record["widths"])
     depths = "".join(str(d) for d in record["depths"])
     return f"{record['family']}_w{widths}_d{depths}"
+
+
+def _derived_name(record: dict[str, Any]) -> str:
+    """"derived_w0.5_drop3_1f0c2a": the width ratio, how many blocks were removed, and a digest
+    of which ones (module paths are too long for a name; the record in the run dir lists them)."""
+    drop = list(record["drop"])
+    name = f"derived_w{float(record['width_ratio']):g}_drop{len(drop)}"
+    if drop:
+        name += "_" + hashlib.sha256(json.dumps(drop).encode()).hexdigest()[:6]
+    return name
 
 
 def _digits(values: list[Any]) -> str:

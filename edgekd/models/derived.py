@@ -153,9 +153,16 @@ def derive_from_module(
     try:
         with torch.no_grad():
             reference = _output(teacher, example)
+        idle = idle_layers(teacher, example)
         blocks = droppable_blocks(teacher, example)
     except Exception as exc:  # noqa: BLE001 - any failure means: cannot derive from this teacher
         _skip(f"tracing the teacher failed: {_first_line(exc)}")
+        return []
+    if idle:
+        # Torch-Pruning follows the one path the example takes: a layer off that path keeps its
+        # channels while its neighbours lose theirs, and the student breaks when the path changes.
+        _skip(f"{len(idle)} layer(s) with weights did not run on the example input ({', '.join(idle[:3])}): "
+              "control flow that depends on the data or on training mode cannot be cut along one trace")
         return []
     teacher_params = count_params(teacher)
     candidates: list[DerivedCandidate] = []
@@ -264,6 +271,26 @@ def droppable_blocks(model: nn.Module, example_input: torch.Tensor) -> list[str]
         if len(shapes) == 1 and shapes[0][0] == shapes[0][1] and _is_residual(module):
             chosen.append(name)
     return sorted(chosen, key=order.get)
+
+
+def idle_layers(model: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """Names of the modules holding weights of their own that an eval-mode forward pass on
+    `example_input` never calls: a branch taken for other inputs, or an auxiliary head that runs in
+    training only."""
+    called: set[str] = set()
+    handles = [
+        module.register_forward_hook(lambda _m, _i, _o, name=name: called.add(name))
+        for name, module in model.named_modules()
+        if any(True for _ in module.parameters(recurse=False))
+    ]
+    try:
+        with torch.no_grad():
+            _output(model, example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [name for name, module in model.named_modules()
+            if any(True for _ in module.parameters(recurse=False)) and name not in called]
 
 
 def _is_residual(module: nn.Module) -> bool:

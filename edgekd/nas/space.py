@@ -6,7 +6,10 @@ Three families (recipe `search.families`):
 - "mobilenet": the base inverted-residual record (`search.mobilenet_base`) with one width
   multiplier and, per stage, depth, kernel, expansion and squeeze-excitation;
 - "teacher-derived": the teacher with blocks removed and channels thinned (N2N-style,
-  edgekd/models/derived.py); for a built-in teacher these are ordinary records.
+  edgekd/models/derived.py); for a built-in teacher these are ordinary records, for any other
+  traceable teacher module "derived" records that build from the teacher
+  (edgekd/models/student.py). Either way search lists them up front and a trial picks one by
+  index.
 
 One width multiplier per net (not per stage), as in MobileNet: the first block of a stage then has
 one possible input width per multiplier, which keeps the latency table small enough to measure.

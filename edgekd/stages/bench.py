@@ -19,7 +19,8 @@ from edgekd.availability import (
 )
 from edgekd.backends import get_backend
 from edgekd.measure import cpu_name
-from edgekd.models import build_model, count_macs, count_params
+from edgekd.models import count_macs, count_params
+from edgekd.models.student import is_derived, student_from_record
 from edgekd.remote import benchmark_on_target
 from edgekd.run import RunContext, write_json
 from edgekd.stages.export import artifact_paths, load_models, onnx_path_for
@@ -33,7 +34,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     backend = get_backend(target.backend)
     search = ctx.result("search")
     student_arch = search["chosen_arch"]
-    student = build_model(student_arch, data.input_shape[0], data.num_classes)
+    student = student_from_record(ctx, student_arch)
     teacher_name = (ctx.teacher.arch or {}).get("name", "user model")  # TorchScript teachers have no record
     # (arch name, params, MACs) of the torch model behind each artifact
     counts = {
@@ -88,7 +89,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
         log.warning("bench: the deployed student's p50 is %.4f ms (%s), over the budget of %.4f ms",
                     deployed["latency_ms"]["p50"], deployed["latency_source"], budget_ms)
     write_json(ctx.stage_dir("bench") / "bench.json", result)
-    if unmeasurable is None:  # the records hold measurements only: a prediction must not calibrate predictions
+    # The records hold measurements only: a prediction must not calibrate predictions.
+    if unmeasurable is None and is_derived(student_arch):
+        # Its record is a recipe applied to this teacher: without the teacher it names no
+        # architecture, so nothing that reads the records (the predictors' calibration) could use it.
+        log.info("bench: %s is cut from the teacher module; not added to the %s latency records",
+                 student_arch["name"], target.name)
+    elif unmeasurable is None:
         record_measurement(ctx, student_arch, deployed, result["conditions"])
     return result
 

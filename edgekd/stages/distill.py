@@ -31,7 +31,7 @@ from edgekd.errors import UserError
 from edgekd.feature_distiller import FeatureDistiller
 from edgekd.kd import make_kd_loss
 from edgekd.kd_features import choose_layer_pairs
-from edgekd.models import build_model
+from edgekd.models.student import student_from_record
 from edgekd.quantizers import get_quantizer
 from edgekd.run import RunContext, write_json
 from edgekd.student_init import check_init, initialise_student_
@@ -65,7 +65,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     check_distill_settings(settings)
     calibration = calibration_inputs(ctx)  # a bad manifest fails before training, not after
     torch.manual_seed(ctx.spec.seed)
-    student = build_model(arch, data.input_shape[0], data.num_classes)
+    student = student_from_record(ctx, arch)
     init = initialise_student_(student, arch, settings.init, teacher.model, teacher.arch, data.train.x[:2])
     features = make_feature_distiller(settings, student, teacher.model, data)  # bad layer names fail here
     augmentation = (Augmentation(seed=ctx.spec.seed, shift_px=settings.augment_shift_px,

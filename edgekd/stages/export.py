@@ -23,7 +23,7 @@ import torch
 from edgekd import __version__
 from edgekd.availability import baseline_precision, runtime_version, why_not_measurable
 from edgekd.backends import get_backend
-from edgekd.models import build_model
+from edgekd.models.student import student_from_record
 from edgekd.quantizers import get_quantizer
 from edgekd.run import RunContext
 from edgekd.stages.distill import FP32_CHECKPOINT, INT8_CHECKPOINT
@@ -50,17 +50,17 @@ def onnx_path_for(artifact: Path) -> Path:
 def load_models(ctx: RunContext) -> dict[str, tuple[torch.nn.Module, dict[str, Any] | None, str]]:
     """(torch model, arch record, precision) behind each artifact: the teacher, the distilled float
     student and, for INT8 targets, the quantization-aware student as the target's quantizer left it."""
-    data, target = ctx.data, ctx.target
+    target = ctx.target
     arch = ctx.result("search")["chosen_arch"]
     distill_dir = ctx.run_dir / "distill"
-    student = build_model(arch, data.input_shape[0], data.num_classes)
+    student = student_from_record(ctx, arch)
     student.load_state_dict(torch.load(distill_dir / FP32_CHECKPOINT, map_location="cpu", weights_only=True))
     student.eval()
     baseline = baseline_precision(target)
     models = {"teacher": (ctx.teacher.model, ctx.teacher.arch, baseline), "student_fp32": (student, arch, baseline)}
     if target.precision == "int8":
         quantizer = get_quantizer(target.quantizer)
-        fresh = build_model(arch, data.input_shape[0], data.num_classes)
+        fresh = student_from_record(ctx, arch)
         models["student_int8"] = (quantizer.load_int8(fresh, distill_dir / INT8_CHECKPOINT), arch, "int8")
     return models
 

@@ -30,7 +30,13 @@ from edgekd.backends import get_backend
 from edgekd.config import SearchConfig
 from edgekd.errors import UserError
 from edgekd.latency.lut import quiet_exports
-from edgekd.models import arch_name, build_model, count_macs, count_params
+from edgekd.models import arch_name, count_macs, count_params
+from edgekd.models.student import (
+    example_input,
+    is_derived,
+    reinitialise_,
+    student_from_record,
+)
 from edgekd.nas import engine
 from edgekd.nas.engine import Evaluation
 from edgekd.nas.latency_source import has_table
@@ -106,16 +112,19 @@ def budget(ctx: RunContext) -> tuple[float, str, float]:
 
 
 def teacher_derived_records(ctx: RunContext) -> list[dict[str, Any]]:
-    """N2N candidates from a built-in teacher (records). A teacher without a record (TorchScript,
-    pickled) gives none here, with a warning: its derived students would need the module itself."""
+    """N2N candidates: ordinary records from a built-in teacher's record; from any other teacher
+    module (a pickled user model), "derived" records cut from the module itself, which later stages
+    rebuild from the same teacher (edgekd/models/student.py). A teacher that cannot be traced or
+    pruned (TorchScript, several outputs, layers that run only for some inputs) gives none, with a
+    warning from edgekd/models/derived.py; the other families are searched as usual."""
     if "teacher-derived" not in ctx.recipe.search.families:
         return []
-    from edgekd.models.derived import derive_from_record
+    from edgekd.models.derived import derive_from_module, derive_from_record
 
-    if ctx.teacher.arch is None:
-        log.warning("search: the teacher is not a built-in architecture, so teacher-derived candidates are skipped")
-        return []
-    return derive_from_record(ctx.teacher.arch, ctx.target.channel_multiple)
+    if ctx.teacher.arch is not None:
+        return derive_from_record(ctx.teacher.arch, ctx.target.channel_multiple)
+    candidates = derive_from_module(ctx.teacher.model, example_input(ctx), ctx.target.channel_multiple)
+    return [candidate.record for candidate in candidates]
 
 
 def study_url(ctx: RunContext) -> str:
@@ -144,6 +153,7 @@ class Evaluator:
         x, y = data.train.x[: settings.proxy_batch], data.train.y[: settings.proxy_batch]
         self.scorer = ProxyScorer(settings.score, ctx.teacher.model, x, y)
         self.predictor = None
+        self.told_unplanned = False
         self.unmeasurable = why_not_measurable(ctx.target)
         if self.unmeasurable is not None and not has_table(ctx):
             log.info("search: %s cannot be measured here (%s); every candidate's latency is predicted from the "
@@ -162,11 +172,20 @@ class Evaluator:
     def __call__(self, record: dict[str, Any]) -> Evaluation:
         data, target = self.ctx.data, self.ctx.target
         torch.manual_seed(self.ctx.spec.seed)  # the proxies score a random initialisation
-        model = build_model(record, data.input_shape[0], data.num_classes).eval()
+        model = student_from_record(self.ctx, record).eval()
+        if is_derived(record):
+            reinitialise_(model)  # cut with the teacher's weights; scored like every other candidate
         name = arch_name(record)
-        if self.predictor is not None:
+        if self.predictor is not None and not is_derived(record):
             latency, source = self.predictor.predict_with_source(record)
         else:
+            if self.predictor is not None and not self.told_unplanned:
+                # The table sums blocks of the built-in families; a module cut from the teacher has
+                # no block plan, so it gets the latency the search would use without a table.
+                log.info("search: the latency table cannot plan students cut from the teacher module; "
+                         "their latency is %s instead", "measured" if self.unmeasurable is None else
+                         "predicted from the device's published peaks")
+                self.told_unplanned = True
             latency, source = target_latency(self.ctx, model, target.precision, name)
         with _torch_threads(1 if small_input(data.input_shape) else None):
             score = self.scorer.score(model)
@@ -197,7 +216,7 @@ def _torch_threads(count: int | None):
 def pick_finalist(ctx: RunContext, front: list[Evaluation], limit_ms: float) -> tuple[int, list[dict[str, Any]]]:
     """Measure the front's best-scoring candidates on the device, in order, until one fits.
     Returns the chosen index in `front` and what was measured."""
-    data, precision = ctx.data, ctx.target.precision
+    precision = ctx.target.precision
     reason = why_not_measurable(ctx.target)
     if reason is not None:
         # Nothing can be measured: the best-scoring candidate predicted to fit is the choice.
@@ -211,7 +230,7 @@ def pick_finalist(ctx: RunContext, front: list[Evaluation], limit_ms: float) -> 
         if candidate.latency_source == "measured":
             p50 = candidate.latency_ms
         else:
-            model = build_model(candidate.record, data.input_shape[0], data.num_classes).eval()
+            model = student_from_record(ctx, candidate.record).eval()
             p50 = measure_latency_ms(ctx, model, precision, candidate.name)
         fits = p50 <= limit_ms
         measured.append({"name": candidate.name, "predicted_ms": candidate.latency_ms,
@@ -241,8 +260,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     derived = teacher_derived_records(ctx)
     if not derived and set(settings.families) == {"teacher-derived"}:
         raise UserError("search.families is only teacher-derived, but this teacher gives no derived students "
-                        "(they need a built-in teacher architecture, --teacher-arch); add 'resnet' or 'mobilenet' "
-                        "to search.families")
+                        "(it is neither a built-in architecture (--teacher-arch) nor a module that can be traced "
+                        "and pruned; the warning above says why); add 'resnet' or 'mobilenet' to search.families")
     url = study_url(ctx)
     study = engine.open_study(url, study_name(ctx), seed=ctx.spec.seed, population=settings.population)
     if not ctx.spec.storage:
@@ -342,8 +361,8 @@ def reselect(ctx: RunContext, bench: dict[str, Any]) -> bool:
                     needed_ms, current.latency_source)
         return False
     chosen = front[index]
-    p50, source = target_latency(ctx, build_model(chosen.record, ctx.data.input_shape[0], ctx.data.num_classes).eval(),
-                                 ctx.target.precision, chosen.name)
+    p50, source = target_latency(ctx, student_from_record(ctx, chosen.record).eval(), ctx.target.precision,
+                                 chosen.name)
     log.warning("budget missed by %s (%.4f ms > %.4f ms): trying the next student on the front, %s "
                 "(%s %.4f ms, now %s %.4f ms); attempt %d of %d", metrics["chosen"], measured_ms, bench["budget_ms"],
                 chosen.name, chosen.latency_source, chosen.latency_ms, source, p50, len(attempts) + 1,

@@ -224,6 +224,48 @@ def test_untraceable_teacher_gives_nothing_and_one_warning(example, caplog):
     assert "teacher-derived candidates skipped" in caplog.text
 
 
+class SameLayersEitherWay(UserNet):
+    """Data-dependent control flow over the same layers: one trace sees every layer, so the cut
+    is right for both paths."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) if x.sum() > 0 else super().forward(-x)
+
+
+class BranchOnlyLayer(UserNet):
+    """A layer that runs only when the data says so: a cut traced on the other path breaks it."""
+
+    def __init__(self):
+        super().__init__()
+        self.rare = nn.Conv2d(32, 32, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block1(self.stem(x))
+        if x.mean() > 1e6:
+            x = self.rare(x)
+        x = self.block2(self.plain(self.down(x)))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_control_flow_over_the_same_layers_keeps_candidates_that_run_both_ways(example):
+    torch.manual_seed(0)
+    teacher = SameLayersEitherWay().eval()
+    candidates = derive_from_module(teacher, example, MULTIPLE)
+    assert candidates
+    student = next(c for c in candidates if c.record["width_ratio"] == 0.5).build(teacher).eval()
+    with torch.no_grad():
+        assert student(example).shape == student(-example).shape == (2, 10)  # both branches
+
+
+def test_a_layer_off_the_traced_path_skips_candidates_with_one_warning(example, caplog):
+    torch.manual_seed(0)
+    with caplog.at_level(logging.WARNING, logger="edgekd.models.derived"):
+        assert derive_from_module(BranchOnlyLayer().eval(), example, MULTIPLE) == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "teacher-derived candidates skipped" in warnings[0] and "rare" in warnings[0]
+
+
 def test_pruned_student_exports_to_onnx(teacher, example, candidates, tmp_path):
     pytest.importorskip("onnxruntime")
     onnxb = pytest.importorskip("edgekd.backends.onnx")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from edgekd.config import load_recipe, load_target, to_dict
 from edgekd.errors import UserError
@@ -178,3 +179,58 @@ def test_a_tensorrt_target_behind_a_runner_is_timed_from_its_onnx(tmp_path, monk
     ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
     assert "QuantizeLinear" in ops
     assert "QuantizeLinear" not in {node.op_type for node in onnx.load(str(fp16)).graph.node}
+
+
+class _UserTeacher(torch.nn.Module):
+    """Not a built-in record: a stem, two residual blocks, a classifier (as a pickled teacher)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU())
+        self.blocks = torch.nn.Sequential(_Residual(16), _Residual(16))
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(x + self.conv(x))
+
+
+def test_students_cut_from_a_teacher_module_are_measured_beside_a_table(tmp_path, monkeypatch, caplog):
+    """A teacher module without a record gives "derived" candidates; the latency table has no
+    plan for them, so they are measured while the built-in candidates are predicted."""
+    import logging
+
+    from edgekd.latency.lut import LatencyTable, block_features, table_path
+    from edgekd.models.blocks import block_key
+    from edgekd.nas.space import space_block_specs
+    from edgekd.teacher import Teacher
+
+    monkeypatch.setenv("EDGEKD_BENCHMARKS_DIR", str(tmp_path / "benchmarks"))
+    ctx = make_ctx(tmp_path, ["search.families=['resnet','teacher-derived']", "search.width_multipliers=[0.5]",
+                              "search.latency='auto'", "search.trials=16", "search.finalists=1"], budget_ms=1.0)
+    torch.manual_seed(0)
+    ctx.__dict__["teacher"] = Teacher(_UserTeacher().eval(), None, "t.pt (pickle)", 0.5)
+    table = LatencyTable(target="x86-cpu", backend="openvino", backend_version=_openvino_version(),
+                         precision="int8", input_shape=[1, 8, 8], threads=None, overhead_ms=0.05)
+    for spec in space_block_specs(ctx.recipe.search, 1, 10, (8, 8), 8):
+        table.blocks[block_key(spec)] = {"spec": spec, "ms": block_features(spec)["macs"] / 1e7}
+    table.save(table_path("x86-cpu", "int8", (1, 8, 8)))
+    measured = []
+    monkeypatch.setattr(search, "measure_latency_ms", lambda ctx, model, precision, name: measured.append(name) or 0.1)
+    with caplog.at_level(logging.INFO, logger="edgekd.stages.search"):
+        metrics = search.run(ctx)
+    candidates = json.loads((ctx.run_dir / "search" / "candidates.json").read_text())
+    sources = {c["record"]["family"]: c["latency_source"] for c in candidates}
+    assert sources == {"derived": "measured", "resnet": "predicted"}
+    derived = [c["name"] for c in candidates if c["record"]["family"] == "derived"]
+    assert all(name.startswith("derived_w") for name in derived) and set(derived) <= set(measured)
+    assert sum("cannot plan students cut from the teacher module" in r.getMessage() for r in caplog.records) == 1
+    assert metrics["chosen"] in {c["name"] for c in candidates}
