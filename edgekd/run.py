@@ -37,6 +37,9 @@ class RunSpec:
     data: str | None = None
     teacher: str | None = None
     teacher_arch: str | None = None
+    # sha256 of the teacher file when the run started: a resumed run must use the same teacher
+    # (a teacher-derived student is rebuilt from it). None in run dirs made before this check.
+    teacher_sha256: str | None = None
     trust_pickle: bool = False
     budget_ms: float | None = None
     storage: str | None = None  # the search study's database URL; None: SQLite in the run dir

@@ -70,8 +70,23 @@ def resolve_teacher(ctx: "RunContext") -> Teacher:
     return teacher
 
 
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def load_user_teacher(spec: "RunSpec", data: DatasetSplits) -> Teacher:
-    """The user's checkpoint, checked against the data's input shape and class count."""
+    """The user's checkpoint, checked against the data's input shape and class count, and (on a
+    resumed run) against the file the run started with."""
+    if spec.teacher_sha256 is not None and Path(spec.teacher).is_file() \
+            and file_sha256(spec.teacher) != spec.teacher_sha256:
+        raise UserError(
+            f"teacher '{spec.teacher}' changed since this run started (sha256 differs): the run's students "
+            "were chosen and trained against the old file. Restore it, or start a new run without --resume"
+        )
     arch = resolve_arch(spec.teacher_arch) if spec.teacher_arch else None
     model, kind = load_teacher(spec.teacher, arch, data.input_shape[0], data.num_classes,
                                trust_pickle=spec.trust_pickle)
@@ -126,6 +141,11 @@ def _check_output_shape(model: nn.Module, input_shape: tuple[int, ...], num_clas
         raise UserError(
             f"teacher '{path}' fails on the data's input shape {tuple(input_shape)}: {str(exc).splitlines()[0]}"
         ) from exc
+    if not isinstance(out, torch.Tensor):
+        raise UserError(
+            f"teacher '{path}' returns {type(out).__name__}, not one tensor of class scores; wrap it in a module "
+            "whose forward returns the logits only"
+        )
     if tuple(out.shape) != (2, num_classes):
         raise UserError(
             f"teacher '{path}' outputs shape {tuple(out.shape[1:])} per image, but the data has {num_classes} classes"

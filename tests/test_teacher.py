@@ -210,3 +210,39 @@ def test_user_teacher_with_wrong_input_channels_is_rejected(tmp_path, cache):
     torch.jit.trace(model, torch.zeros(1, 3, 8, 8)).save(str(path))
     with pytest.raises(UserError, match="fails on the data's input shape"):
         resolve_teacher(_context(tmp_path / "run", teacher=str(path)))
+
+
+class _TupleOut(torch.nn.Module):
+    """A teacher whose forward returns (logits, features), as many training codebases do."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = build_model("resnet_xs", 1, 10)
+
+    def forward(self, x):
+        logits = self.body(x)
+        return logits, x
+
+
+def test_user_teacher_returning_a_tuple_is_rejected_clearly(tmp_path, cache):
+    path = tmp_path / "tuple_ts.pt"
+    torch.jit.trace(_TupleOut().eval(), torch.zeros(1, 1, 8, 8), strict=False).save(str(path))
+    with pytest.raises(UserError, match="returns tuple, not one tensor"):
+        resolve_teacher(_context(tmp_path / "run", teacher=str(path)))
+
+
+def test_resumed_run_refuses_a_changed_teacher_file(tmp_path, cache):
+    from edgekd.teacher import file_sha256
+
+    path = tmp_path / "mine.pt"
+    torch.manual_seed(0)
+    torch.save(build_model("resnet_xs", 1, 10).state_dict(), path)
+    recorded = file_sha256(path)
+    ctx = _context(tmp_path / "run", teacher=str(path), teacher_arch="resnet_xs", teacher_sha256=recorded)
+    assert resolve_teacher(ctx).arch["name"] == "resnet_xs"  # unchanged: loads
+
+    torch.manual_seed(1)
+    torch.save(build_model("resnet_xs", 1, 10).state_dict(), path)  # retrained in place
+    ctx = _context(tmp_path / "run2", teacher=str(path), teacher_arch="resnet_xs", teacher_sha256=recorded)
+    with pytest.raises(UserError, match="changed since this run started"):
+        resolve_teacher(ctx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -55,3 +56,6 @@ def test_state_dict_teacher_with_arch(tmp_path, rgb_folder):
                           "--teacher-arch", "resnet_xs")
     assert report["models"]["teacher"]["arch"] == "resnet_xs"
     assert report["models"]["teacher"]["params"] == sum(p.numel() for p in build_model("resnet_xs", 3, 3).parameters())
+    # The run remembers which teacher file it used, so --resume can refuse a changed one.
+    config = json.loads((tmp_path / "sd" / "config.json").read_text())
+    assert config["teacher_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
