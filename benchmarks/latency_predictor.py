@@ -231,7 +231,8 @@ def main() -> int:
         "table_protocol": {"warmup": space.warmup, "runs": space.runs}, "space": vars(space) | {},
         "python": platform.python_version(), "torch": torch.__version__,
         "date": dt.datetime.now().isoformat(timespec="seconds"), "wall_s": round(time.perf_counter() - started, 1),
-        "command": ".venv/bin/python " + " ".join(shlex.quote(a) for a in ["benchmarks/latency_predictor.py", *sys.argv[1:]]),
+        "command": (f"EDGEKD_BENCHMARKS_DIR={shlex.quote(os.environ['EDGEKD_BENCHMARKS_DIR'])} "
+                    if "EDGEKD_BENCHMARKS_DIR" in os.environ else "") + ".venv/bin/python " + " ".join(shlex.quote(a) for a in ["benchmarks/latency_predictor.py", *sys.argv[1:]]),
     }, "settings": settings}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (out / "results.md").write_text(render(results))
