@@ -63,6 +63,7 @@ from torch import nn
 from edgekd.backends import get_backend
 from edgekd.config import Target
 from edgekd.errors import UserError
+from edgekd.latency.machine_load import BUSY_SHARE, OtherLoad
 from edgekd.latency.records import target_dir
 from edgekd.measure import progress
 from edgekd.models.blocks import block_input_shape, block_key, build_block
@@ -158,13 +159,15 @@ def build_lut(
     from edgekd.measure import cpu_name
 
     now = dt.datetime.now().isoformat(timespec="seconds")
+    unique = {block_key(spec): spec for spec in specs}
+    todo = [spec for key, spec in unique.items() if key not in table.blocks]
+    previous = table.conditions
     table.conditions = {
         "device": cpu_name(), "runtime_precision": backend.precision_note(), "warmup": warmup, "runs": runs,
         "copies": copies, "rounds": rounds, "quantizer": f"{target.quantizer} {quantizer.version()}" if quantizer else None,
-        "started": table.conditions.get("started", now), "updated": now,
+        # "updated" moves only when a block is timed: a resumed, complete table stays byte-identical.
+        "started": previous.get("started", now), "updated": now if todo else previous.get("updated", now),
     }
-    unique = {block_key(spec): spec for spec in specs}
-    todo = [spec for key, spec in unique.items() if key not in table.blocks]
     log.info("lut: %s %s %s: timing %d blocks (%d already in %s)", target.name, precision,
              "x".join(map(str, input_shape)), len(todo), len(unique) - len(todo), path)
     start = time.perf_counter()
@@ -174,13 +177,27 @@ def build_lut(
         if table.empty_ms is None:
             table.empty_ms = prober.empty_ms(tuple(input_shape))
         table.save(path)
+        load = OtherLoad()
+        disturbed: list[float] = []
         for spec in progress(todo, desc="lut blocks", total=len(todo)):
-            table.blocks[block_key(spec)] = prober.time_block(spec)
+            row = prober.time_block(spec)
+            row["others_cpu_share"] = load.share()  # what other processes took while this block was timed
+            if row["others_cpu_share"] is not None and row["others_cpu_share"] > BUSY_SHARE:
+                if not disturbed:
+                    log.warning("lut: other processes are using %.0f%% of the CPUs while blocks are timed; even "
+                                "niced jobs inflate OpenVINO timings several-fold here: stop them, or rebuild "
+                                "the table later with --force", 100 * row["others_cpu_share"])
+                disturbed.append(row["others_cpu_share"])
+            table.blocks[block_key(spec)] = row
             table.overhead_ms = overhead_ms(table)
             table.save(path)
     elapsed = time.perf_counter() - start
     log.info("lut: %d blocks timed in %.1f s (%.2f s per block); overhead %s ms; table %s", len(todo), elapsed,
              elapsed / max(len(todo), 1), table.overhead_ms, path)
+    if disturbed:
+        log.warning("lut: %d of %d blocks were timed while other processes used more than %.0f%% of the CPUs "
+                    "(up to %.0f%%; each block's share is its others_cpu_share in %s)", len(disturbed), len(todo),
+                    100 * BUSY_SHARE, 100 * max(disturbed), path)
     return table
 
 

@@ -4,7 +4,6 @@ and a tiny model's prediction checked against its measured latency."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -47,9 +46,7 @@ def test_build_resumes_a_partial_table_and_predicts_a_tiny_model(x86):
                                        "activations": 82, "seconds": 0.0}
     partial.save(path)
 
-    start = time.perf_counter()
     table = build_lut(x86, [stem, block, head, block], "int8", input_shape=SHAPE, rounds=2, **PROTOCOL)
-    elapsed = time.perf_counter() - start
 
     saved = json.loads(path.read_text())
     assert saved["blocks"][block_key(head)] == partial.blocks[block_key(head)]  # kept, not re-measured
@@ -60,7 +57,14 @@ def test_build_resumes_a_partial_table_and_predicts_a_tiny_model(x86):
     assert saved["conditions"]["quantizer"].startswith("nncf ") and saved["empty_ms"] > 0
     stem_row = saved["blocks"][block_key(stem)]
     assert saved["overhead_ms"] == pytest.approx(stem_row["one_ms"] - stem_row["raw_ms"])  # the only stem
-    assert elapsed < 90, f"two tiny blocks took {elapsed:.0f} s"
+    # Each timed block says how much of the CPUs other processes took meanwhile (None off Linux).
+    for spec in (stem, block):
+        share = saved["blocks"][block_key(spec)]["others_cpu_share"]
+        assert share is None or 0.0 <= share <= 1.0
+    # Resuming the complete table times nothing and leaves the file as it was.
+    before = path.read_text()
+    build_lut(x86, [stem, block, head], "int8", input_shape=SHAPE, rounds=2, **PROTOCOL)
+    assert path.read_text() == before
 
     # The tiny model itself, exported and timed as the search times a candidate.
     model = build_model(TINY, SHAPE[0], 10).eval()
