@@ -13,6 +13,7 @@ import sys
 
 from edgekd import __version__
 from edgekd.errors import UserError
+from edgekd.interrupt import remember_interrupts
 
 log = logging.getLogger("edgekd")
 
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
     run_dir = None
+    restore_sigint = remember_interrupts()
     try:
         if args.command == "targets":
             return _list_targets()
@@ -166,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             hint = "; run the same command again to resume (measured blocks are kept)"
         print(f"edgekd: interrupted{hint}", file=sys.stderr)
         return 130
+    finally:
+        restore_sigint()
 
 
 def _list_targets() -> int:

@@ -7,6 +7,7 @@ import importlib
 import logging
 import time
 
+from edgekd import interrupt
 from edgekd.errors import UserError
 from edgekd.run import RunContext
 
@@ -28,6 +29,7 @@ def run_pipeline(ctx: RunContext, *, until: str | None = None, redo: str | None 
             if ctx.is_done(name) and name != redo:
                 log.info("stage %s: already done, skipping (resumed run)", name)
                 continue
+            interrupt.check()  # a Ctrl-C swallowed inside the last stage stops the run here
             run_stage(ctx, name)
             if name == redo:
                 redo = None  # once: a re-selection loop must not rerun it again

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from edgekd import interrupt
 from edgekd.data import Split
 from edgekd.measure import progress
 
@@ -89,6 +90,7 @@ def fit(
         order = torch.randperm(len(train), generator=generator)
         total_loss, batches = 0.0, 0
         for start in progress(range(0, len(train), batch_size), desc=f"{desc} epoch {epoch}/{epochs}"):
+            interrupt.check()
             index = order[start : start + batch_size]
             if len(index) < 2:  # BatchNorm cannot train on a batch of one
                 continue

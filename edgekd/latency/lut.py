@@ -60,6 +60,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgekd import interrupt
 from edgekd.backends import get_backend
 from edgekd.config import Target
 from edgekd.errors import UserError
@@ -180,6 +181,7 @@ def build_lut(
         load = OtherLoad()
         disturbed: list[float] = []
         for spec in progress(todo, desc="lut blocks", total=len(todo)):
+            interrupt.check()
             row = prober.time_block(spec)
             row["others_cpu_share"] = load.share()  # what other processes took while this block was timed
             if row["others_cpu_share"] is not None and row["others_cpu_share"] > BUSY_SHARE:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from edgekd import interrupt
 from edgekd.errors import UserError
 from edgekd.measure import progress
 from edgekd.nas.space import record_key
@@ -130,6 +131,7 @@ def run_trials(
     for step in progress(range(remaining), desc="search", total=remaining):
         if step and step % 10 == 0:  # the progress bar only shows on a terminal; logs get a line too
             log.info("search: %d/%d trials, %d distinct architectures evaluated", step, remaining, len(cache))
+        interrupt.check()
         trial = study.ask()
         record = suggest(trial)
         key = record_key(record)
