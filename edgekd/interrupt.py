@@ -2,12 +2,15 @@
 
 Python turns SIGINT into a KeyboardInterrupt wherever the program happens to be. Some libraries
 catch every exception around a model's forward pass (Torch-Pruning's graph tracer has a bare
-`except:` and simply calls the model again), so a Ctrl-C that lands there vanishes and the run
-goes on to the end, which is how the Ctrl-C test once ended with exit 0 on a busy machine.
+`except:` and simply calls the model again), so a Ctrl-C that lands there would vanish and the
+run would go on to the end.
 
 The CLI installs `remember_interrupts()`: SIGINT still raises KeyboardInterrupt at once, and is
 also remembered; the long loops (training batches, search trials, table blocks, pipeline stages)
 call `check()`, which raises it again if it was swallowed on the way.
+
+An ignored SIGINT is left ignored: a background job of a non-interactive shell inherits SIGINT
+as ignored (so that Ctrl-C at the terminal spares it), and Python keeps it so; edgekd does too.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ def remember_interrupts() -> Callable[[], None]:
     (edgekd's CLI called from a worker thread) signals cannot be handled, so nothing changes."""
     global _requested
     _requested = False
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return lambda: None
     try:
         previous = signal.signal(signal.SIGINT, _on_sigint)
     except ValueError:  # "signal only works in main thread of the main interpreter"

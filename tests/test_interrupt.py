@@ -20,6 +20,15 @@ def _swallowing_library_call() -> None:
         pass
 
 
+@pytest.fixture(autouse=True)
+def python_default_sigint():
+    """A terminal's process: Python's own SIGINT handler (the suite may run as a background job,
+    which inherits SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_swallowed_ctrl_c_is_raised_again_at_the_next_check():
     restore = interrupt.remember_interrupts()
     try:
@@ -30,6 +39,14 @@ def test_swallowed_ctrl_c_is_raised_again_at_the_next_check():
     finally:
         restore()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_ignored_sigint_stays_ignored():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    restore = interrupt.remember_interrupts()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    restore()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_ctrl_c_still_interrupts_at_once():

@@ -16,7 +16,10 @@ from edgekd.cli import main
 
 def start_compress(runs: Path, name: str, extra: list[str]) -> subprocess.Popen:
     command = [sys.executable, "-m", "edgekd", "compress", "--runs-dir", str(runs), "--name", name, *extra]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    # SIGINT back to its default in the child: run from a background job (nohup ... &), the suite
+    # would pass on an ignored SIGINT, and the child would rightly ignore Ctrl-C.
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 240) -> None:
