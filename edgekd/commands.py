@@ -14,7 +14,8 @@ from edgekd.models import resolve_arch
 from edgekd.nas.space import check_space
 from edgekd.run import RunContext, RunSpec, check_new_run_dir, default_run_name
 from edgekd.stages.search import check_search_methods
-from edgekd.teacher import file_sha256, load_user_teacher
+from edgekd.teacher import load_user_teacher
+from edgekd.teacher_cache import fingerprint_file
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def open_run(args: argparse.Namespace, *, command: str) -> RunContext:
     data = load_dataset(spec.data, seed=spec.seed, image_size=spec.image_size)
     teacher = load_user_teacher(spec, data) if spec.teacher else None
     if spec.teacher:
-        spec.teacher_sha256 = file_sha256(spec.teacher)
+        spec.teacher_sha256 = fingerprint_file(spec.teacher)
     if recipe.distill.calibration:  # images missing or of the wrong shape: say so before any work
         from edgekd.data.calibration import load_calibration
 

@@ -70,19 +70,13 @@ def resolve_teacher(ctx: "RunContext") -> Teacher:
     return teacher
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_user_teacher(spec: "RunSpec", data: DatasetSplits) -> Teacher:
     """The user's checkpoint, checked against the data's input shape and class count, and (on a
     resumed run) against the file the run started with."""
+    from edgekd.teacher_cache import fingerprint_file  # teacher_cache imports this module
+
     if spec.teacher_sha256 is not None and Path(spec.teacher).is_file() \
-            and file_sha256(spec.teacher) != spec.teacher_sha256:
+            and fingerprint_file(spec.teacher) != spec.teacher_sha256:
         raise UserError(
             f"teacher '{spec.teacher}' changed since this run started (sha256 differs): the run's students "
             "were chosen and trained against the old file. Restore it, or start a new run without --resume"

@@ -232,12 +232,12 @@ def test_user_teacher_returning_a_tuple_is_rejected_clearly(tmp_path, cache):
 
 
 def test_resumed_run_refuses_a_changed_teacher_file(tmp_path, cache):
-    from edgekd.teacher import file_sha256
+    from edgekd.teacher_cache import fingerprint_file
 
     path = tmp_path / "mine.pt"
     torch.manual_seed(0)
     torch.save(build_model("resnet_xs", 1, 10).state_dict(), path)
-    recorded = file_sha256(path)
+    recorded = fingerprint_file(path)
     ctx = _context(tmp_path / "run", teacher=str(path), teacher_arch="resnet_xs", teacher_sha256=recorded)
     assert resolve_teacher(ctx).arch["name"] == "resnet_xs"  # unchanged: loads
 
