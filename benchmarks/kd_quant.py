@@ -77,7 +77,7 @@ NOTES_MARKER = "<!-- notes: kept when the table is re-rendered -->"
 # - short: sized for ~45 minutes on a 2-core CPU shared with other work; the students are far from
 #   converged (2 epochs on 5,000 images), so it checks the pipeline more than the losses.
 # - long: a teacher trained on the whole training split and students trained 36x longer (6 epochs
-#   on 30,000 images), about 4 h on 2 quiet cores (estimated from the first rows); resumable per
+#   on 30,000 images), about 2.5 h on 2 quiet cores (from the first rows); resumable per
 #   row, so it can span sessions.
 RECIPES: dict[str, dict[str, Any]] = {
     "short": {
@@ -520,7 +520,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="short",
-                        help="short: ~45 min, students far from converged; long: ~4 h on 2 quiet cores, resumable "
+                        help="short: ~45 min, students far from converged; long: ~2.5 h on 2 quiet cores, resumable "
                         "(results in results/kd-quant-long)")
     parser.add_argument("--quick", action="store_true", help="tiny settings to check the script (not to quote)")
     parser.add_argument("--results", type=Path, default=None, help=f"results folder (default {RESULTS})")
