@@ -254,12 +254,7 @@ def droppable_blocks(model: nn.Module, example_input: torch.Tensor) -> list[str]
     for name, module in model.named_modules():
         if name:  # the whole model is never a block to drop
             handles.append(module.register_forward_hook(hook(name)))
-    try:
-        with torch.no_grad():
-            _output(model, example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
+    _forward_then_remove(model, example_input, handles)
 
     chosen: list[str] = []
     # named_modules() lists a parent before its children (hooks fire children first), so a
@@ -283,12 +278,7 @@ def idle_layers(model: nn.Module, example_input: torch.Tensor) -> list[str]:
         for name, module in model.named_modules()
         if any(True for _ in module.parameters(recurse=False))
     ]
-    try:
-        with torch.no_grad():
-            _output(model, example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
+    _forward_then_remove(model, example_input, handles)
     return [name for name, module in model.named_modules()
             if any(True for _ in module.parameters(recurse=False)) and name not in called]
 
@@ -411,15 +401,21 @@ def _layers_in_forward_order(model: nn.Module, example_input: torch.Tensor) -> l
         for module in model.modules()
         if isinstance(module, (nn.Conv2d, nn.Linear))
     ]
+    _forward_then_remove(model, example_input, handles)
+    if not layers:
+        raise ValueError("the teacher has no Conv2d or Linear layer to thin")
+    return layers
+
+
+def _forward_then_remove(model: nn.Module, example_input: torch.Tensor, handles: list) -> None:
+    """One eval-mode forward pass for the forward hooks behind `handles`, which are removed after
+    it even when it fails."""
     try:
         with torch.no_grad():
             _output(model, example_input)
     finally:
         for handle in handles:
             handle.remove()
-    if not layers:
-        raise ValueError("the teacher has no Conv2d or Linear layer to thin")
-    return layers
 
 
 def _output(model: nn.Module, example_input: torch.Tensor) -> torch.Tensor:
