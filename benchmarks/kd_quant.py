@@ -17,6 +17,7 @@ written and its interface checked). fp32 rows and the teacher are measured in to
 
     .venv/bin/python benchmarks/kd_quant.py            # ~45 min on 2 shared cores
     .venv/bin/python benchmarks/kd_quant.py --quick    # the same pipeline in minutes, not to quote
+    .venv/bin/python benchmarks/kd_quant.py --recipe long --redo openvino   # one backend's INT8 rows again
 
 Each finished row is written to benchmarks/results/kd-quant/results.json at once and skipped on
 restart (a kill loses at most the row in progress); results.md is rendered from it after every
@@ -77,7 +78,7 @@ NOTES_MARKER = "<!-- notes: kept when the table is re-rendered -->"
 # - short: sized for ~45 minutes on a 2-core CPU shared with other work; the students are far from
 #   converged (2 epochs on 5,000 images), so it checks the pipeline more than the losses.
 # - long: a teacher trained on the whole training split and students trained 36x longer (6 epochs
-#   on 30,000 images), about 2.5 h on 2 quiet cores (from the first rows); resumable per
+#   on 30,000 images), about 3 h on 2 quiet cores (an x0.5 seed: ~29 min); resumable per
 #   row, so it can span sessions.
 RECIPES: dict[str, dict[str, Any]] = {
     "short": {
@@ -523,11 +524,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="short",
-                        help="short: ~45 min, students far from converged; long: ~2.5 h on 2 quiet cores, resumable "
+                        help="short: ~45 min, students far from converged; long: ~3 h on 2 quiet cores, resumable "
                         "(results in results/kd-quant-long)")
     parser.add_argument("--quick", action="store_true", help="tiny settings to check the script (not to quote)")
     parser.add_argument("--results", type=Path, default=None, help=f"results folder (default {RESULTS})")
     parser.add_argument("--render", action="store_true", help="only rewrite results.md from results.json")
+    parser.add_argument("--redo", action="append", default=[], choices=sorted(BACKENDS), metavar="BACKEND",
+                        help="measure this backend's INT8 rows again (e.g. after a quantizer change); repeatable")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("nncf", "coremltools", "modelopt"):
@@ -559,6 +562,11 @@ def main() -> int:
                   "torch": torch.__version__, "python": platform.python_version(), "data": data.summary(),
                   "versions": versions(), "work_dir": str(work)}
     results = load_results(RESULTS / "results.json", conditions)
+    for backend in args.redo:  # the fp32 students they start from are kept
+        redone = [key for key in results["rows"] if key.split("/")[2] == backend]
+        log.info("--redo %s: measuring its %d finished rows again", backend, len(redone))
+        for key in redone:
+            del results["rows"][key]
     started, elapsed_before = time.perf_counter(), results.get("wall_minutes", 0.0)
     bench = Bench(data, work)
     results["teacher"] = bench.teacher_info
