@@ -51,9 +51,10 @@ from torch.nn import functional as F
 
 from edgekd.config import DistillConfig
 from edgekd.data import DatasetSplits, load_dataset
-from edgekd.feature_distiller import FeatureDistiller
-from edgekd.kd import make_kd_loss
-from edgekd.kd_features import choose_layer_pairs
+from edgekd.distill.feature_distiller import FeatureDistiller
+from edgekd.distill.feature_losses import choose_layer_pairs
+from edgekd.distill.losses import make_kd_loss
+from edgekd.io import cache_dir, write_json
 from edgekd.measure import cpu_name
 from edgekd.models import (
     arch_name,
@@ -64,8 +65,6 @@ from edgekd.models import (
     scale_width,
 )
 from edgekd.quantizers import get_quantizer
-from edgekd.run import write_json
-from edgekd.teacher import cache_dir
 from edgekd.training import evaluate_accuracy, fit, predict_logits
 
 log = logging.getLogger("kd_quant")

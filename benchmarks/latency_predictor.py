@@ -45,13 +45,14 @@ import numpy as np
 import torch
 
 from edgekd.backends import get_backend
-from edgekd.config import SearchConfig, load_target
+from edgekd.config import SearchConfig
 from edgekd.latency import LatencyPredictor, build_lut, table_path
 from edgekd.measure import cpu_name
 from edgekd.models import arch_name, build_model
 from edgekd.models.blocks import layer_plan
-from edgekd.nas.space import record_key, sample_records, space_block_specs
 from edgekd.quantizers import get_quantizer
+from edgekd.search.space import record_key, sample_records, space_block_specs
+from edgekd.target import load_target
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latency-predictor"
 SETTINGS = {"digits": ((1, 8, 8), 10), "224": ((3, 224, 224), 1000)}

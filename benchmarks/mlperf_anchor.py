@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # mlperf_models beside
 
 from mlperf_models import resnet50, retinanet_resnext50_fpn
 
-from edgekd.config import load_target
 from edgekd.latency import analytical
+from edgekd.target import load_target
 
 RESULTS_REPO = "https://github.com/mlcommons/inference_results_v3.1/blob/main/closed/NVIDIA/results"
 TOLERANCE = 0.25

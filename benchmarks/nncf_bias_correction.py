@@ -34,11 +34,16 @@ from torch.nn import functional as F
 
 from edgekd.backends import openvino as openvino_backend
 from edgekd.data import load_dataset
+from edgekd.io import cache_dir, write_json
 from edgekd.measure import cpu_name
-from edgekd.models import arch_name, build_model, count_params, resolve_arch, scale_width
+from edgekd.models import (
+    arch_name,
+    build_model,
+    count_params,
+    resolve_arch,
+    scale_width,
+)
 from edgekd.quantizers import nncf_int8
-from edgekd.run import write_json
-from edgekd.teacher import cache_dir
 from edgekd.training import evaluate_accuracy, fit
 
 log = logging.getLogger("nncf_bias_correction")

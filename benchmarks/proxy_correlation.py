@@ -1,7 +1,7 @@
 """Proxy correlation: do the zero-cost proxies rank students the way distillation does?
 
 Every candidate student is distilled from the same Fashion-MNIST teacher with the same short
-recipe, and each proxy's score (edgekd/nas/proxies.py, computed on the candidate's seeded initial
+recipe, and each proxy's score (edgekd/search/proxies.py, computed on the candidate's seeded initial
 weights, as the search stage does) is compared with the measured KD test accuracy: Kendall tau
 and Spearman rho, over all candidates and per family.
 
@@ -36,7 +36,8 @@ from scipy import stats
 from torch.nn import functional as F
 
 from edgekd.data import DatasetSplits, load_dataset
-from edgekd.kd import make_kd_loss
+from edgekd.distill.losses import make_kd_loss
+from edgekd.io import cache_dir, write_json
 from edgekd.measure import cpu_name
 from edgekd.models import (
     arch_name,
@@ -46,9 +47,7 @@ from edgekd.models import (
     resolve_arch,
     scale_width,
 )
-from edgekd.nas.proxies import PROXIES, ProxyScorer
-from edgekd.run import write_json
-from edgekd.teacher import cache_dir
+from edgekd.search.proxies import PROXIES, ProxyScorer
 from edgekd.training import evaluate_accuracy, fit, predict_logits
 
 log = logging.getLogger("proxy_correlation")
@@ -124,7 +123,7 @@ def cached_teacher(data: DatasetSplits, train, val, cache: Path) -> tuple[torch.
 
 
 def distill(record: dict[str, Any], data: DatasetSplits, train, val, teacher_logits: torch.Tensor) -> dict[str, Any]:
-    """The distill stage's fp32 step (edgekd/stages/distill.py) with the benchmark's recipe."""
+    """The distill stage's fp32 step (edgekd/distill/stage.py) with the benchmark's recipe."""
     objective = make_kd_loss(RECIPE["loss"], SimpleNamespace(**RECIPE))
 
     def kd_loss(logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, _epoch: int) -> torch.Tensor:

@@ -29,11 +29,11 @@ from pathlib import Path
 from edgekd.cli import main as edgekd_main
 from edgekd.config import SearchConfig
 from edgekd.measure import cpu_name
-from edgekd.nas import engine
-from edgekd.nas.latency_source import has_table
-from edgekd.nas.proxies import PROXIES
 from edgekd.run import RunContext
-from edgekd.stages import search
+from edgekd.search import engine
+from edgekd.search import stage as search
+from edgekd.search.latency_source import has_table
+from edgekd.search.proxies import PROXIES
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "search-speed"

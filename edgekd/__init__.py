@@ -4,4 +4,6 @@
 on first use by the stage that needs them.
 """
 
-__version__ = "0.1.0"
+from edgekd.version import __version__
+
+__all__ = ["__version__"]

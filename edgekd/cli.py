@@ -11,9 +11,9 @@ import logging
 import shlex
 import sys
 
-from edgekd import __version__
 from edgekd.errors import UserError
 from edgekd.interrupt import remember_interrupts
+from edgekd.version import __version__
 
 log = logging.getLogger("edgekd")
 
@@ -173,9 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _list_targets() -> int:
-    from edgekd.config import known_targets, load_target
-
-    from edgekd.availability import check_predictable, why_not_measurable
+    from edgekd.latency.predicted import check_predictable
+    from edgekd.target import known_targets, load_target, why_not_measurable
 
     print(f"{'target':16} {'backend':10} {'precisions':14} {'latency here':13} description")
     for name in known_targets():

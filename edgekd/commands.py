@@ -6,16 +6,17 @@ import argparse
 import logging
 from pathlib import Path
 
-from edgekd.config import load_recipe, load_target, to_dict
+from edgekd.config import load_recipe, to_dict
 from edgekd.data import load_dataset
+from edgekd.distill.losses import make_kd_loss
 from edgekd.errors import UserError
-from edgekd.kd import make_kd_loss
+from edgekd.io import fingerprint_file
 from edgekd.models import resolve_arch
-from edgekd.nas.space import check_space
 from edgekd.run import RunContext, RunSpec, check_new_run_dir, default_run_name
-from edgekd.stages.search import check_search_methods
-from edgekd.teacher import load_user_teacher
-from edgekd.teacher_cache import fingerprint_file
+from edgekd.search.space import check_space
+from edgekd.search.stage import check_search_methods
+from edgekd.target import load_target
+from edgekd.teacher.resolve import load_user_teacher
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,8 @@ def _check_distill(settings) -> None:
     """Distill settings that name files: checked now, and made absolute so that a resumed run
     finds them from any directory."""
     from edgekd.data.calibration import read_manifest
-    from edgekd.stages.distill import check_distill_settings
-    from edgekd.student_init import check_init
+    from edgekd.distill.stage import check_distill_settings
+    from edgekd.distill.student_init import check_init
 
     check_distill_settings(settings)
     if settings.init not in ("random", "teacher"):
@@ -103,8 +104,8 @@ def _check_distill(settings) -> None:
 def _check_target_tools(target) -> None:
     """The target's runtime and quantizer import (else: the pip extra to install), and a target
     that cannot be measured here has the peak figures its predicted latency needs."""
-    from edgekd.availability import check_predictable
     from edgekd.backends import get_backend
+    from edgekd.latency.predicted import check_predictable
     from edgekd.quantizers import get_quantizer
 
     get_backend(target.backend)
@@ -135,7 +136,7 @@ def build_latency_table(args: argparse.Namespace):
     """`edgekd lut`: the target's latency table for every block of the search space, at the
     dataset's input shape or --input-size. Returns (table path, table, number of space blocks)."""
     from edgekd.latency.lut import build_lut, table_path
-    from edgekd.nas.space import check_space, space_block_specs
+    from edgekd.search.space import check_space, space_block_specs
 
     target = load_target(args.target or "x86-cpu")
     recipe = load_recipe(None, args.overrides, bench_defaults=target.bench)

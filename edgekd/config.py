@@ -19,8 +19,6 @@ import yaml
 
 from edgekd.errors import UserError
 
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
-
 
 @dataclass
 class BenchConfig:
@@ -29,37 +27,6 @@ class BenchConfig:
     throughput_batch: int = 32
     throughput_runs: int = 50
     threads: int | None = None
-
-
-@dataclass
-class DevicePeaks:
-    """A device's published peak figures (dense, not 2:4-sparse), for the latency edgekd predicts
-    when the device is not attached (edgekd/latency/analytical.py). null: not published."""
-
-    int8_tops: float | None = None
-    fp16_tflops: float | None = None
-    fp32_tflops: float | None = None
-    memory_bandwidth_gbs: float | None = None
-    source: str = ""  # where the figures come from, cited in every predicted number
-
-
-@dataclass
-class Target:
-    name: str
-    description: str
-    backend: str
-    device: str
-    precisions: list[str]
-    precision: str
-    quantizer: str
-    channel_multiple: int = 8
-    runner: str = "local"
-    bench: BenchConfig = field(default_factory=BenchConfig)
-    sparse_2_4: bool = False  # the device's kernels run 2:4 structured sparsity faster (Ampere+)
-    power_mode: str | None = None  # Jetson: the nvpmodel mode the numbers are for, recorded
-    compute_units: str = "ALL"  # CoreML: ALL, CPU_AND_NE, CPU_AND_GPU, CPU_ONLY
-    deployment_target: str | None = None  # CoreML: minimum OS of the ML Program, e.g. iOS17
-    peaks: DevicePeaks = field(default_factory=DevicePeaks)
 
 
 @dataclass
@@ -75,7 +42,7 @@ class TeacherConfig:
 
 @dataclass
 class SearchConfig:
-    # The space: which families, and the choices within them (edgekd/nas/space.py).
+    # The space: which families, and the choices within them (edgekd/search/space.py).
     # "teacher-derived" is the teacher with blocks removed and channels thinned (N2N-style).
     families: list[str] = field(default_factory=lambda: ["resnet", "mobilenet", "teacher-derived"])
     base: str = "resnet_s"  # the resnet family's reference architecture (widths x multiplier)
@@ -85,7 +52,7 @@ class SearchConfig:
     kernel_options: list[int] = field(default_factory=lambda: [3, 5])  # mobilenet, per stage
     expand_options: list[int] = field(default_factory=lambda: [3, 6])  # mobilenet, per stage
     se_options: list[bool] = field(default_factory=lambda: [False, True])  # mobilenet, per stage
-    # Score without training (edgekd/nas/proxies.py): diswot, naswot, synflow, params, macs.
+    # Score without training (edgekd/search/proxies.py): diswot, naswot, synflow, params, macs.
     # params by default because it ranked distilled students best in our measurement: Kendall tau
     # 0.78 against KD accuracy on Fashion-MNIST (16 students), DisWOT 0.18, SynFlow 0.18, NASWOT
     # 0.07 (benchmarks/results/proxy-correlation/results.md).
@@ -119,7 +86,7 @@ class DistillConfig:
     lr: float = 0.003
     qat_lr: float = 0.0002
     weight_decay: float = 0.0001
-    # KD loss, a name in edgekd.kd.KD_LOSSES: "hinton" (alpha * KD + (1 - alpha) * CE),
+    # KD loss, a name in edgekd.distill.losses.KD_LOSSES: "hinton" (alpha * KD + (1 - alpha) * CE),
     # "dist" (CE + DIST, Huang et al. 2022) or "dkd" (CE + DKD, Zhao et al. 2022)
     loss: str = "hinton"
     temperature: float = 4.0  # every loss's temperature (T; DIST's tau)
@@ -130,7 +97,7 @@ class DistillConfig:
     dkd_beta: float = 8.0  # dkd: weight of NCKD (non-target-class KD)
     patience: int = 8
     calibration_samples: int = 300
-    # Feature KD added to the logit loss (edgekd/kd_features.py): null (none), "fitnets" (FitNets:
+    # Feature KD added to the logit loss (edgekd/distill/feature_losses.py): null (none), "fitnets" (FitNets:
     # 1x1 conv regressors, MSE), "at" (attention transfer) or "nd" (ND loss, on the classifier's
     # input). It costs one teacher forward per training step: teacher features are not cached.
     feature_loss: str | None = None
@@ -142,11 +109,11 @@ class DistillConfig:
     # feature_layers when those are given, else the defaults paired by spatial size
     teacher_layers: list[str] | None = None
     # Student's starting weights: "random", "teacher" (a teacher-derived student starts from the
-    # teacher's kept weights) or the path of a state dict (edgekd/student_init.py)
+    # teacher's kept weights) or the path of a state dict (edgekd/distill/student_init.py)
     init: str = "random"
     # Deterministic augmentation (edgekd.data.augment): random shifts of up to augment_shift_px
     # (null: 1/8 of the image side) and, if asked, horizontal flips (wrong for digits and text).
-    # The teacher's outputs on each augmented epoch are cached on disk (edgekd.teacher_cache).
+    # The teacher's outputs on each augmented epoch are cached on disk (edgekd.distill.teacher_outputs).
     augment: bool = False
     augment_shift_px: int | None = None
     augment_hflip: bool = False
@@ -174,31 +141,6 @@ class Recipe:
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
-def known_targets() -> list[str]:
-    return sorted(p.stem for p in TARGETS_DIR.glob("*.yaml"))
-
-
-def load_target(name_or_path: str) -> Target:
-    """`x86-cpu` -> targets/x86-cpu.yaml; a path ending in .yaml/.yml loads that file."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = TARGETS_DIR / f"{name_or_path}.yaml"
-        if not path.is_file():
-            known = known_targets()
-            close = difflib.get_close_matches(name_or_path, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UserError(f"unknown target {name_or_path!r}{hint} (known: {', '.join(known)})")
-    elif not path.is_file():
-        raise UserError(f"target file '{path}' does not exist")
-    data = read_yaml_mapping(path)
-    target = _from_dict(Target, data, where=str(path))
-    if target.precision not in target.precisions:
-        raise UserError(
-            f"{path}: precision {target.precision!r} is not in precisions {target.precisions}"
-        )
-    return target
-
-
 def load_recipe(path: str | Path | None, overrides: list[str] = (), bench_defaults: BenchConfig | None = None) -> Recipe:
     """Defaults, then the target's bench protocol, then the recipe file, then `--set` overrides."""
     data: dict[str, Any] = {}
@@ -212,7 +154,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), bench_defaul
             if not isinstance(values, dict):
                 raise UserError(f"{path}: section {section!r} must be a mapping")
             data.setdefault(section, {}).update(values)
-    recipe = _from_dict(Recipe, data, where=str(path or "recipe"))
+    recipe = from_mapping(Recipe, data, where=str(path or "recipe"))
     for item in overrides:
         apply_override(recipe, item)
     return recipe
@@ -243,11 +185,11 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
-    return _from_dict(Recipe, data, where="saved recipe")
+    return from_mapping(Recipe, data, where="saved recipe")
 
 
-def target_from_dict(data: dict[str, Any]) -> Target:
-    return _from_dict(Target, data, where="saved target")
+def recipefrom_mapping(data: dict[str, Any]) -> Recipe:
+    return from_mapping(Recipe, data, where="saved recipe")
 
 
 def read_yaml_mapping(path: Path, *, hint: str = "") -> dict[str, Any]:
@@ -275,7 +217,9 @@ def _unknown_key_message(name: str, names: list[str], where: str) -> str:
     return f"{where}: unknown key {name!r}{hint} (known: {', '.join(names)})"
 
 
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+def from_mapping(cls: type, data: dict[str, Any], where: str) -> Any:
+    """An instance of dataclass `cls` from a mapping: unknown keys, wrong types and missing required
+    keys are UserErrors naming `where`; nested dataclass fields are read from nested mappings."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -286,7 +230,7 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
         if nested is not None:
             if not isinstance(value, dict):
                 raise UserError(f"{where}: {key!r} must be a mapping")
-            value = _from_dict(nested, value, f"{where}: {key}")
+            value = from_mapping(nested, value, f"{where}: {key}")
         else:
             value = _check_type(value, hints[key], f"{where}: {key}")
         kwargs[key] = value

@@ -13,7 +13,7 @@ from edgekd.run import RunContext
 
 log = logging.getLogger(__name__)
 
-# The one place that says which stages exist and in what order. Each is edgekd/stages/<name>.py
+# The one place that says which stages exist and in what order. Each is edgekd/<name>/stage.py
 # with `run(ctx) -> dict of metrics` and `summary(metrics) -> str` for its end line.
 STAGES = ("search", "distill", "export", "bench", "report")
 
@@ -42,7 +42,7 @@ def run_pipeline(ctx: RunContext, *, until: str | None = None, redo: str | None 
 def _reselect_after_miss(ctx: RunContext) -> bool:
     """True when bench missed the budget and search chose another student (later stages are
     then forgotten, so the loop runs them again)."""
-    from edgekd.stages import search
+    from edgekd.search import stage as search
 
     bench = ctx.result("bench")
     if bench["budget_met"]:
@@ -58,7 +58,7 @@ def _reselect_after_miss(ctx: RunContext) -> bool:
 
 
 def run_stage(ctx: RunContext, name: str) -> dict:
-    module = importlib.import_module(f"edgekd.stages.{name}")
+    module = importlib.import_module(f"edgekd.{name}.stage")
     # A stage that runs again invalidates what later stages built from its output.
     for later in STAGES[STAGES.index(name) :]:
         ctx.forget(later)

@@ -13,17 +13,18 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from edgekd import __version__
-from edgekd.config import Recipe, Target, recipe_from_dict, target_from_dict
+from edgekd.config import Recipe, recipe_from_dict
 from edgekd.data import DatasetSplits, load_dataset
 from edgekd.errors import UserError
+from edgekd.io import write_json
+from edgekd.target import Target, target_from_dict
+from edgekd.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +144,8 @@ class RunContext:
 
     @cached_property
     def teacher(self):
-        from edgekd.teacher import resolve_teacher  # torch-heavy; only when a stage needs it
+        from edgekd.teacher.resolve import (
+            resolve_teacher,  # torch-heavy; only when a stage needs it
+        )
 
         return resolve_teacher(self)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write to a temporary file, then rename: a kill mid-write never leaves half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-

@@ -10,16 +10,13 @@ import pytest
 from edgekd.config import (
     BenchConfig,
     Recipe,
-    Target,
     apply_override,
-    known_targets,
     load_recipe,
-    load_target,
     recipe_from_dict,
-    target_from_dict,
     to_dict,
 )
 from edgekd.errors import UserError
+from edgekd.target import Target, known_targets, load_target, target_from_dict
 
 X86_YAML = Path(__file__).resolve().parent.parent / "targets" / "x86-cpu.yaml"
 

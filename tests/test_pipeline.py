@@ -7,9 +7,10 @@ import json
 
 from tiny_recipe import tiny_args
 
+from edgekd.bench import stage as bench
 from edgekd.cli import main
 from edgekd.models import count_params
-from edgekd.stages import bench, search
+from edgekd.search import stage as search
 
 
 def test_a_budget_miss_reselects_the_next_student_and_reports_both_attempts(tmp_path, monkeypatch):

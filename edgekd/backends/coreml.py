@@ -31,6 +31,7 @@ import torch
 import edgekd
 from edgekd.backends import to_numpy, top1_accuracy
 from edgekd.errors import MissingDependencyError, UserError
+from edgekd.io import first_line
 from edgekd.measure import LatencyStats, time_calls
 
 try:
@@ -167,7 +168,7 @@ def _trace(model: torch.nn.Module, example_input: torch.Tensor) -> torch.jit.Scr
             warnings.simplefilter("ignore", DeprecationWarning)
             return torch.jit.trace(model, example_input)
     except Exception as exc:  # tracing arbitrary user models fails in many ways
-        raise UserError(f"CoreML cannot trace this model: {_first_line(exc)}") from exc
+        raise UserError(f"CoreML cannot trace this model: {first_line(exc)}") from exc
     finally:
         model.train(was_training)  # leave the caller's model as we found it
 
@@ -188,7 +189,7 @@ def _convert(traced, shape: tuple[int, ...], *, precision: str, compute_units, t
         )
     except Exception as exc:  # unsupported ops and the like, from deep inside the converter
         log.debug("CoreML conversion failed", exc_info=True)
-        raise UserError(f"CoreML cannot convert this model: {_first_line(exc)}") from exc
+        raise UserError(f"CoreML cannot convert this model: {first_line(exc)}") from exc
 
 
 def _compress(mlmodel, precision: str, *, palette_bits: int, threshold: int):
@@ -224,12 +225,6 @@ def _target(name: str):
         raise UserError(
             f"unknown CoreML deployment target {name!r}; e.g. iOS16, macOS13, iOS18"
         ) from None
-
-
-def _first_line(exc: Exception) -> str:
-    return next(
-        (line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__
-    )
 
 
 # --- reading a package: any OS ----------------------------------------------------------------

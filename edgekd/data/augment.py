@@ -2,7 +2,7 @@
 
 The same sample in the same epoch is augmented identically whatever batch it lands in and in
 whatever order, so a teacher's outputs on the augmented images can be computed once and cached on
-disk (edgekd.teacher_cache), TinyViT-style, and replayed exactly while the student trains.
+disk (edgekd.distill.teacher_outputs), TinyViT-style, and replayed exactly while the student trains.
 
 Ops, all vectorised over the batch:
 - shift: a random translation of up to `shift_px` pixels each way, the "pad and random crop" of

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgekd.data import idx
-from edgekd.data import image_folder
+from edgekd.data import idx, image_folder
 from edgekd.errors import UserError
 
 logger = logging.getLogger(__name__)

@@ -44,8 +44,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgekd.config import TARGETS_DIR, DevicePeaks, Target
 from edgekd.errors import UserError
+from edgekd.target import TARGETS_DIR, DevicePeaks, Target
 
 log = logging.getLogger(__name__)
 
@@ -268,9 +268,9 @@ def calibrated_factor(target_name: str, input_shape: tuple[int, ...], precision:
     has been measured; still a prediction, label it "predicted (analytical x records)". None when
     no usable record exists. A geometric mean, because the errors are ratios: one architecture
     off by 2x and one by 0.5x should cancel, not average to 1.25x."""
-    from edgekd.config import load_target
     from edgekd.latency.records import load_records
     from edgekd.models.arch import build_model
+    from edgekd.target import load_target
 
     target = target or load_target(target_name)
     peak_tops, bandwidth_gbs = required_peaks(target, precision)

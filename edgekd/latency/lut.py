@@ -62,15 +62,15 @@ from torch import nn
 
 from edgekd import interrupt
 from edgekd.backends import get_backend
-from edgekd.config import Target
 from edgekd.errors import UserError
+from edgekd.io import write_json
 from edgekd.latency.machine_load import BUSY_SHARE, OtherLoad
 from edgekd.latency.records import target_dir
 from edgekd.measure import progress
 from edgekd.models.blocks import block_input_shape, block_key, build_block
 from edgekd.models.profile import count_macs
 from edgekd.quantizers import get_quantizer
-from edgekd.run import write_json
+from edgekd.target import Target
 
 log = logging.getLogger(__name__)
 

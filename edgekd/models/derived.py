@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from edgekd.io import first_line
 from edgekd.models.arch import resolve_arch, scale_width
 from edgekd.models.profile import count_params
 
@@ -156,7 +157,7 @@ def derive_from_module(
         idle = idle_layers(teacher, example)
         blocks = droppable_blocks(teacher, example)
     except Exception as exc:  # noqa: BLE001 - any failure means: cannot derive from this teacher
-        _skip(f"tracing the teacher failed: {_first_line(exc)}")
+        _skip(f"tracing the teacher failed: {first_line(exc)}")
         return []
     if idle:
         # Torch-Pruning follows the one path the example takes: a layer off that path keeps its
@@ -184,7 +185,7 @@ def derive_from_module(
                 with torch.no_grad():
                     shape = _output(model, example).shape
             except Exception as exc:  # noqa: BLE001 - Torch-Pruning raises many kinds
-                failures.append(_first_line(exc))
+                failures.append(first_line(exc))
                 continue
             if shape != reference.shape:
                 failures.append(f"output shape {tuple(shape)} != {tuple(reference.shape)}")
@@ -289,7 +290,7 @@ def _is_residual(module: nn.Module) -> bool:
     try:
         graph = fx.symbolic_trace(module).graph
     except Exception as exc:  # noqa: BLE001 - data-dependent control flow and the like
-        log.debug("%s not traceable by torch.fx: %s", type(module).__name__, _first_line(exc))
+        log.debug("%s not traceable by torch.fx: %s", type(module).__name__, first_line(exc))
         return False
     inputs = [node for node in graph.nodes if node.op == "placeholder"]
     outputs = [node for node in graph.nodes if node.op == "output"]
@@ -432,8 +433,3 @@ def _output(model: nn.Module, example_input: torch.Tensor) -> torch.Tensor:
 
 def _skip(reason: str) -> None:
     log.warning("teacher-derived candidates skipped: %s", reason)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

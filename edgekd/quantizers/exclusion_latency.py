@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from edgekd.backends import get_backend
-from edgekd.config import Target
 from edgekd.data import Split
 from edgekd.errors import UserError
 from edgekd.latency.lut import quiet_exports
+from edgekd.target import Target
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def not_measurable_reason(target: Target) -> str | None:
     """None when this machine can time the target's artifacts, else why not."""
     if target.runner != "local":
         return f"the target runs on {target.runner}; exclusion timing runs only on this machine"
-    from edgekd.availability import why_not_measurable
+    from edgekd.target import why_not_measurable
 
     return why_not_measurable(target)
 
@@ -89,8 +89,8 @@ def measure_exclusion_latency(
     except UserError as exc:  # e.g. a runtime that is installed but cannot build this model
         log.warning("ptq: exclusion latency not measured: %s", exc)
         return {"status": f"not measured ({exc})", "exclusions": {layer: f"not measured ({exc})" for layer in exclusions}}
-    from edgekd.availability import baseline_precision
     from edgekd.measure import cpu_name
+    from edgekd.target import baseline_precision
 
     p50 = {name: statistics.median(values) for name, values in timings.items()}
     costs = {}
@@ -119,7 +119,7 @@ def measure_exclusion_latency(
 def _export(backend: ModuleType, quantizer: ModuleType, target: Target, model: nn.Module, example: torch.Tensor,
             stem: Path, *, quantized: bool) -> Path:
     """One variant exported the way the export stage ships it for this backend."""
-    from edgekd.availability import baseline_precision
+    from edgekd.target import baseline_precision
 
     path = stem.with_suffix(backend.SUFFIX)
     metadata = {"purpose": "PTQ exclusion latency probe", "precision": "int8" if quantized else "float"}

@@ -38,7 +38,11 @@ try:
         import modelopt
         import modelopt.torch.opt as mto
         import modelopt.torch.quantization as mtq
-        from modelopt.torch.quantization.nn import QuantInputBase, QuantModuleRegistry, TensorQuantizer
+        from modelopt.torch.quantization.nn import (
+            QuantInputBase,
+            QuantModuleRegistry,
+            TensorQuantizer,
+        )
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise MissingDependencyError("nvidia-modelopt", "tensorrt") from exc
 
@@ -237,7 +241,7 @@ def export_onnx(
     import onnx
 
     from edgekd.backends import onnx as onnx_backend
-    from edgekd.backends.tensorrt_qdq import qdq_problems
+    from edgekd.backends.tensorrt.qdq import qdq_problems
 
     metadata = {"quantizer": f"modelopt {version()}", "precision": "int8", **(metadata or {})}
     path = onnx_backend.export(model, example_input, Path(path), metadata=metadata)

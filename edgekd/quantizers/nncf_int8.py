@@ -32,7 +32,11 @@ try:
     import nncf.torch
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
-    from nncf.torch.graph.operator_metatypes import PTConstNoopMetatype, PTInputNoopMetatype, PTOutputNoopMetatype
+    from nncf.torch.graph.operator_metatypes import (
+        PTConstNoopMetatype,
+        PTInputNoopMetatype,
+        PTOutputNoopMetatype,
+    )
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise MissingDependencyError("nncf", "openvino") from exc
 

@@ -36,11 +36,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgekd.config import Target
 from edgekd.data import Split
 from edgekd.errors import UserError
 from edgekd.measure import progress
 from edgekd.quantizers.exclude import check_exclude, weighted_layers
+from edgekd.target import Target
 from edgekd.training import evaluate_accuracy, predict_logits
 
 log = logging.getLogger(__name__)

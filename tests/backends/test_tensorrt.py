@@ -11,10 +11,16 @@ import pytest
 import torch
 from tiny_cnn import TinyCNN
 
-from edgekd.backends import get_backend, jetson, tensorrt_api, tensorrt_qdq
+from edgekd.backends import get_backend
 from edgekd.backends import tensorrt as trtb
-from edgekd.backends import tensorrt_trtexec as trtx
-from edgekd.backends.trtexec_output import decode_version_tag, parse_trtexec_output
+from edgekd.backends.tensorrt import api as tensorrt_api
+from edgekd.backends.tensorrt import jetson
+from edgekd.backends.tensorrt import qdq as tensorrt_qdq
+from edgekd.backends.tensorrt import trtexec as trtx
+from edgekd.backends.tensorrt.trtexec_output import (
+    decode_version_tag,
+    parse_trtexec_output,
+)
 from edgekd.errors import MissingDependencyError, UserError
 
 DATA = Path(__file__).parent / "data"

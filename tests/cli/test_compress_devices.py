@@ -13,9 +13,8 @@ import onnx
 import pytest
 from tiny_recipe import tiny_args
 
-from edgekd.availability import why_not_measurable
 from edgekd.cli import main
-from edgekd.config import load_target
+from edgekd.target import load_target, why_not_measurable
 
 pytestmark = pytest.mark.skipif(why_not_measurable(load_target("jetson-orin")) is None,
                                 reason="TensorRT is installed here: the predicted path is not taken")
@@ -33,7 +32,7 @@ def orin_run(tmp_path_factory) -> Path:
 
 
 def test_jetson_orin_writes_a_tensorrt_ready_qdq_onnx_checked_in_onnxruntime(orin_run):
-    from edgekd.backends.tensorrt_qdq import qdq_problems
+    from edgekd.backends.tensorrt.qdq import qdq_problems
 
     model = onnx.load(str(orin_run / "export" / "student_int8.trt.onnx"))
     ops = {node.op_type for node in model.graph.node}

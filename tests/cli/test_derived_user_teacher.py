@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_recipe import tiny_args
 from torch import nn
 from torch.nn import functional as F
 
-from tiny_recipe import tiny_args
 from edgekd.cli import main
 from edgekd.data import load_dataset
 from edgekd.models.student import build_student

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from tiny_recipe import tiny_args
+
 from edgekd.cli import main
 
 

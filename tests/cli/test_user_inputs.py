@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from tiny_recipe import tiny_args
+
 from edgekd.cli import main
 from edgekd.models import build_model
 

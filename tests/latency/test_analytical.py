@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.config import load_target
 from edgekd.errors import UserError
 from edgekd.latency.analytical import (
     AnalyticalEstimate,
@@ -20,6 +19,7 @@ from edgekd.latency.analytical import (
 )
 from edgekd.latency.records import append_record
 from edgekd.models import build_model, count_macs, resolve_arch
+from edgekd.target import load_target
 
 
 @pytest.fixture(autouse=True)

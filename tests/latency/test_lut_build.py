@@ -12,11 +12,11 @@ pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
 from edgekd.backends import get_backend
-from edgekd.config import load_target
 from edgekd.latency import LatencyPredictor, LatencyTable, build_lut, table_path
 from edgekd.models import build_model
 from edgekd.models.blocks import block_key, layer_plan
 from edgekd.quantizers import get_quantizer
+from edgekd.target import load_target
 
 SHAPE = (1, 8, 8)
 TINY = {"family": "resnet", "stem": 8, "widths": [8], "depths": [1]}  # stem 1->8, block 8->8, head 8->10

@@ -10,7 +10,7 @@ from edgekd.cli import main
 from edgekd.config import SearchConfig
 from edgekd.latency import LatencyTable, table_path
 from edgekd.models.blocks import block_key
-from edgekd.nas.space import space_block_specs
+from edgekd.search.space import space_block_specs
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ from torch import nn
 
 from edgekd.models import build_model, count_macs, count_params
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -109,8 +109,8 @@ def test_derived_names_are_readable_and_tell_plans_apart(teacher):
 
 
 def test_analytical_latency_walks_a_derived_student(teacher):
-    from edgekd.config import load_target
     from edgekd.latency.analytical import predict_latency_ms
+    from edgekd.target import load_target
 
     orin = load_target("jetson-orin")
     full = predict_latency_ms(teacher, (1, 8, 8), orin, "int8").total_ms

@@ -16,7 +16,7 @@ pytest.importorskip("modelopt", reason="nvidia-modelopt is not installed (pip in
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'edgekd[onnx]')")
 mo = get_quantizer("modelopt")
 
-from edgekd.backends.tensorrt_qdq import qdq_problems
+from edgekd.backends.tensorrt.qdq import qdq_problems
 
 
 @pytest.fixture(scope="module")

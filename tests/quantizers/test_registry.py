@@ -6,9 +6,9 @@ import inspect
 
 import pytest
 
-from edgekd.config import known_targets, load_target
 from edgekd.errors import UserError
 from edgekd.quantizers import get_quantizer
+from edgekd.target import known_targets, load_target
 
 
 @pytest.mark.parametrize("target", known_targets())

@@ -18,11 +18,17 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.config import BenchConfig, load_target
+from edgekd.config import BenchConfig
 from edgekd.data import load_dataset
 from edgekd.data.calibration import load_calibration
 from edgekd.errors import UserError
-from edgekd.quantizers.sensitivity import LayerSensitivity, choose_exclusions, layer_sensitivity, ptq_with_sensitivity
+from edgekd.quantizers.sensitivity import (
+    LayerSensitivity,
+    choose_exclusions,
+    layer_sensitivity,
+    ptq_with_sensitivity,
+)
+from edgekd.target import load_target
 from edgekd.training import evaluate_accuracy
 
 nncf_int8 = pytest.importorskip("edgekd.quantizers.nncf_int8", exc_type=ImportError)

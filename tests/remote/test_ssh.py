@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgekd.config import Target
 from edgekd.errors import UserError
 from edgekd.remote import (
     RemoteLatencyStats,
@@ -32,6 +31,7 @@ from edgekd.remote import (
     quote_command,
     remote_benchmark,
 )
+from edgekd.target import Target
 
 SSHD = Path("/usr/sbin/sshd")
 # A name cannot hold '/', so the payload spells /tmp/<marker> with printf's octal escapes. It

@@ -1,0 +1,174 @@
+"""Train the chosen student from the teacher: the recipe's KD loss (distill.loss) in fp32, then,
+when the target deploys INT8, quantization-aware training with the target's own quantizer and the
+same KD loss.
+
+Teacher outputs are computed once per (teacher, data, augmentation, top-k) and cached on disk
+(edgekd.distill.teacher_outputs), then looked up by sample index and epoch, so the teacher does not run in
+any step for the logit loss, nor again in a later run with the same key. With distill.augment the
+student sees each epoch's deterministic augmentation, the one the cached teacher saw. A feature loss
+(distill.feature_loss: FitNets, attention transfer, ND) adds to it; teacher features are too big
+to cache, so then the teacher runs once per step. Its layer names are checked against both models
+before any training, and its adapters are trained with the student, in fp32 and in QAT, and never
+saved with it. The student starts from distill.init (random, the teacher's weights, a checkpoint).
+
+INT8 starts from the target quantizer's PTQ, calibrated on distill.calibration (a manifest) or the
+first training images; with distill.sensitivity_threshold_pt, layers whose INT8 costs more than
+that are kept in float (edgekd/quantizers/sensitivity.py, report in distill/sensitivity.json).
+distill.mode "qat" then trains it with the same KD loss; "ptq" ships the calibrated model as is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import torch
+
+from edgekd.data.augment import Augmentation
+from edgekd.data.calibration import load_calibration
+from edgekd.distill.feature_distiller import FeatureDistiller
+from edgekd.distill.feature_losses import choose_layer_pairs
+from edgekd.distill.losses import make_kd_loss
+from edgekd.distill.student_init import check_init, initialise_student_
+from edgekd.distill.teacher_outputs import TeacherOutputCache
+from edgekd.errors import UserError
+from edgekd.io import write_json
+from edgekd.models.student import student_from_record
+from edgekd.quantizers import get_quantizer
+from edgekd.run import RunContext
+from edgekd.training import evaluate_accuracy, fit
+
+log = logging.getLogger(__name__)
+
+FP32_CHECKPOINT = "student_fp32.pt"
+INT8_CHECKPOINT = "student_int8.pt"
+INT8_MODES = ("qat", "ptq")
+
+
+def check_distill_settings(settings: Any) -> None:
+    """Fail before any work on settings that cannot be right."""
+    if settings.mode not in INT8_MODES:
+        raise UserError(f"distill.mode {settings.mode!r} is unknown; known: {', '.join(INT8_MODES)}")
+    if settings.sensitivity_threshold_pt is not None and settings.sensitivity_threshold_pt < 0:
+        raise UserError("distill.sensitivity_threshold_pt must be >= 0 accuracy points")
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    settings = ctx.recipe.distill
+    objective = make_kd_loss(settings.loss, settings)  # an unknown name fails before any work
+    check_init(settings.init)
+    data = ctx.data
+    arch = ctx.result("search")["chosen_arch"]
+    out_dir = ctx.stage_dir("distill")
+    teacher = ctx.teacher
+
+    check_distill_settings(settings)
+    calibration = calibration_inputs(ctx)  # a bad manifest fails before training, not after
+    torch.manual_seed(ctx.spec.seed)
+    student = student_from_record(ctx, arch)
+    init = initialise_student_(student, arch, settings.init, teacher.model, teacher.arch, data.train.x[:2])
+    features = make_feature_distiller(settings, student, teacher.model, data)  # bad layer names fail here
+    augmentation = (Augmentation(seed=ctx.spec.seed, shift_px=settings.augment_shift_px,
+                                 hflip=settings.augment_hflip) if settings.augment else None)
+    # Each augmentation epoch is computed on first use, so early stopping saves the rest.
+    teacher_outputs = TeacherOutputCache(
+        teacher.model, data.train.x, k=settings.teacher_top_k or data.num_classes, augmentation=augmentation,
+        n_epochs=max(settings.epochs, settings.qat_epochs), value_dtype=settings.teacher_cache_dtype)
+
+    def kd_loss(logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, epoch: int) -> torch.Tensor:
+        loss = objective(logits, teacher_outputs.logits(index, epoch), labels)
+        if features is not None:  # the teacher must see the same augmented pixels as the student
+            loss = loss + features.loss(teacher_outputs.inputs(data.train.x[index], index, epoch), labels)
+        return loss
+
+    extra = [features] if features is not None else []
+    with _watched(features, student):
+        fp32 = fit(student, data.train, data.val, kd_loss, epochs=settings.epochs, lr=settings.lr,
+                   batch_size=settings.batch_size, patience=settings.patience, seed=ctx.spec.seed,
+                   weight_decay=settings.weight_decay, desc="distill fp32", extra_modules=extra,
+                   augment=teacher_outputs.inputs)
+    torch.save(student.state_dict(), out_dir / FP32_CHECKPOINT)
+    metrics: dict[str, Any] = {
+        "arch": arch["name"], "teacher_val_accuracy": teacher.val_accuracy,
+        "fp32_val_accuracy": fp32.best_val_accuracy, "fp32_epochs": fp32.epochs_run,
+        "fp32_history": fp32.history, "loss": settings.loss, "init": init,
+        "teacher_cache": str(teacher_outputs.directory), "augment": settings.augment,
+    }
+    if features is not None:
+        metrics["feature_kd"] = {"loss": features.kind, "weight": features.weight,
+                                 "student_layers": features.pairs.student,
+                                 "teacher_layers": features.pairs.teacher}
+    if ctx.target.precision == "int8":
+        quantizer = get_quantizer(ctx.target.quantizer)
+        int8_model = quantize_student(ctx, student, calibration, metrics)  # a copy: student stays fp32
+        metrics["int8_ptq_val_accuracy"] = evaluate_accuracy(int8_model, data.val)
+        metrics.update({"int8_mode": settings.mode, "quantizer": ctx.target.quantizer,
+                        "calibration": settings.calibration or f"first {len(calibration)} training images"})
+        if settings.mode == "qat":
+            with _watched(features, int8_model):  # the same layer names in the fake-quantized copy
+                qat = fit(int8_model, data.train, data.val, kd_loss, epochs=settings.qat_epochs, lr=settings.qat_lr,
+                          batch_size=settings.batch_size, patience=settings.patience, seed=ctx.spec.seed,
+                          weight_decay=settings.weight_decay, desc="distill int8 (QAT)", extra_modules=extra,
+                          augment=teacher_outputs.inputs)
+            metrics.update({"int8_val_accuracy": qat.best_val_accuracy, "int8_epochs": qat.epochs_run,
+                            "int8_history": qat.history})
+        else:
+            metrics.update({"int8_val_accuracy": metrics["int8_ptq_val_accuracy"], "int8_epochs": 0,
+                            "int8_history": []})
+        quantizer.save_int8(int8_model, out_dir / INT8_CHECKPOINT)
+    if features is not None:
+        features.close()
+    return metrics
+
+
+def calibration_inputs(ctx: RunContext) -> torch.Tensor:
+    """The images INT8 calibrates on: distill.calibration's manifest, else the first
+    distill.calibration_samples training images."""
+    settings, data = ctx.recipe.distill, ctx.data
+    if settings.calibration:
+        return load_calibration(settings.calibration, data.input_shape)
+    return data.train.x[: settings.calibration_samples]
+
+
+def quantize_student(ctx: RunContext, student: torch.nn.Module, calibration: torch.Tensor,
+                     metrics: dict[str, Any]) -> torch.nn.Module:
+    """The target quantizer's PTQ of the student; with a sensitivity threshold, the layers whose
+    INT8 costs more than it stay float (report: distill/sensitivity.json)."""
+    settings = ctx.recipe.distill
+    if settings.sensitivity_threshold_pt is None:
+        return get_quantizer(ctx.target.quantizer).prepare_int8(student, calibration)
+    from edgekd.quantizers.sensitivity import ptq_with_sensitivity
+
+    model, report = ptq_with_sensitivity(
+        student, calibration, ctx.data.val, target=ctx.target, threshold_pt=settings.sensitivity_threshold_pt,
+        layers=settings.sensitivity_layers, workdir=ctx.stage_dir("distill") / "sensitivity")
+    write_json(ctx.stage_dir("distill") / "sensitivity.json", report)
+    metrics["int8_excluded"] = report["excluded"]
+    metrics["sensitivity"] = {"threshold_pt": settings.sensitivity_threshold_pt, "excluded": report["excluded"],
+                              "latency": report.get("latency")}
+    return model
+
+
+def make_feature_distiller(settings: Any, student: torch.nn.Module, teacher: torch.nn.Module,
+                           data: Any) -> FeatureDistiller | None:
+    """The recipe's feature-KD term, its layers checked against both models; None when off."""
+    if settings.feature_loss is None:
+        return None
+    example = data.train.x[:2]
+    pairs = choose_layer_pairs(settings.feature_loss, student, teacher, settings.feature_layers,
+                               settings.teacher_layers, example)
+    return FeatureDistiller(settings.feature_loss, pairs, student, teacher, example,
+                            weight=settings.feature_weight, train_x=data.train.x,
+                            train_y=data.train.y, num_classes=data.num_classes)
+
+
+def _watched(features: FeatureDistiller | None, model: torch.nn.Module):
+    return features.watch(model) if features is not None else contextlib.nullcontext()
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    text = f"{metrics['arch']}: fp32 val accuracy {metrics['fp32_val_accuracy']:.4f}"
+    if "int8_val_accuracy" in metrics:
+        text += f", int8 val accuracy {metrics['int8_val_accuracy']:.4f}"
+    return text + f" (teacher {metrics['teacher_val_accuracy']:.4f})"

@@ -1,1 +1,0 @@
-"""Student search: the space, zero-cost proxies and the search loop."""

@@ -1,0 +1,1 @@
+"""The report stage: report.json and report.md from a run dir (stage.py)."""

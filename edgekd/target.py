@@ -1,0 +1,125 @@
+"""A target: one device and its runtime (targets/<name>.yaml), and the facts about it that every
+stage needs: where its artifacts can run, and the precision a team would ship without edgekd.
+
+edgekd times an artifact on the target's runtime: here (`runner: local`) or on the device over
+SSH. Some targets cannot run here at all: a TensorRT engine needs TensorRT and an NVIDIA GPU, a
+Core ML model needs macOS. Then the stages still do everything that can run here (export, the
+Q/DQ ONNX checked in onnxruntime, CoreML conversion and validation) and use a *predicted*
+latency (edgekd/latency/predicted.py), labelled so in every output, instead of a measured one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekd.config import BenchConfig, from_mapping, read_yaml_mapping
+from edgekd.errors import UserError
+
+log = logging.getLogger(__name__)
+
+TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+
+
+@dataclass
+class DevicePeaks:
+    """A device's published peak figures (dense, not 2:4-sparse), for the latency edgekd predicts
+    when the device is not attached (edgekd/latency/analytical.py). null: not published."""
+
+    int8_tops: float | None = None
+    fp16_tflops: float | None = None
+    fp32_tflops: float | None = None
+    memory_bandwidth_gbs: float | None = None
+    source: str = ""  # where the figures come from, cited in every predicted number
+
+
+@dataclass
+class Target:
+    name: str
+    description: str
+    backend: str
+    device: str
+    precisions: list[str]
+    precision: str
+    quantizer: str
+    channel_multiple: int = 8
+    runner: str = "local"
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    sparse_2_4: bool = False  # the device's kernels run 2:4 structured sparsity faster (Ampere+)
+    power_mode: str | None = None  # Jetson: the nvpmodel mode the numbers are for, recorded
+    compute_units: str = "ALL"  # CoreML: ALL, CPU_AND_NE, CPU_AND_GPU, CPU_ONLY
+    deployment_target: str | None = None  # CoreML: minimum OS of the ML Program, e.g. iOS17
+    peaks: DevicePeaks = field(default_factory=DevicePeaks)
+
+
+def known_targets() -> list[str]:
+    return sorted(p.stem for p in TARGETS_DIR.glob("*.yaml"))
+
+
+def target_from_dict(data: dict[str, Any]) -> Target:
+    return from_mapping(Target, data, where="saved target")
+
+
+def load_target(name_or_path: str) -> Target:
+    """`x86-cpu` -> targets/x86-cpu.yaml; a path ending in .yaml/.yml loads that file."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = TARGETS_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            known = known_targets()
+            close = difflib.get_close_matches(name_or_path, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UserError(f"unknown target {name_or_path!r}{hint} (known: {', '.join(known)})")
+    elif not path.is_file():
+        raise UserError(f"target file '{path}' does not exist")
+    data = read_yaml_mapping(path)
+    target = from_mapping(Target, data, where=str(path))
+    if target.precision not in target.precisions:
+        raise UserError(
+            f"{path}: precision {target.precision!r} is not in precisions {target.precisions}"
+        )
+    return target
+
+
+def targetfrom_mapping(data: dict[str, Any]) -> Target:
+    return from_mapping(Target, data, where="saved target")
+
+
+
+
+def why_not_measurable(target: Target) -> str | None:
+    """None when edgekd can time this target's artifacts; else the reason it cannot."""
+    if target.runner != "local":
+        return None  # the device behind the runner has the runtime (checked when it is reached)
+    if target.backend == "tensorrt":
+        from edgekd.backends.tensorrt import api as tensorrt_api
+        from edgekd.backends.tensorrt import trtexec as tensorrt_trtexec
+
+        if tensorrt_api.trt is None and tensorrt_trtexec.find_trtexec() is None:
+            return ("TensorRT is not installed here (neither the tensorrt Python package nor trtexec); "
+                    "run edgekd on the device, or give it with --device ssh://user@host")
+    if target.backend == "coreml" and platform.system() != "Darwin":
+        return "Core ML runs models only on macOS; run edgekd on a Mac to measure"
+    return None
+
+
+def baseline_precision(target: Target) -> str:
+    """The precision the teacher and the float student are deployed at: what a team would ship
+    without edgekd. fp16 where the runtime computes in fp16 anyway (TensorRT, Core ML), else fp32."""
+    if target.backend in ("tensorrt", "coreml") and "fp16" in target.precisions:
+        return "fp16"
+    return "fp32"
+
+
+def runtime_version(backend) -> str:
+    """The backend runtime's version, or "not installed here" (TensorRT off a GPU host)."""
+    from edgekd.errors import MissingDependencyError
+
+    try:
+        return backend.version()
+    except MissingDependencyError:
+        return "not installed here"

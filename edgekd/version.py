@@ -1,0 +1,3 @@
+"""edgekd's version: its own module, so that any module can read it without importing the API."""
+
+__version__ = "0.1.0"
