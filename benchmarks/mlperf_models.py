@@ -4,7 +4,8 @@ anchor (benchmarks/mlperf_anchor.py): ResNet-50 v1.5 and RetinaNet (ResNeXt50-32
 Layouts follow torchvision's (`torchvision.models.resnet50`, `retinanet_resnext50_32x4d_fpn` as
 MLPerf uses them) so the layer shapes, and therefore MACs and bytes, are those of the benchmarked
 networks: ResNet-50 has 25,557,032 parameters and 4.09 GMACs at 224x224, the same as torchvision's.
-torchvision itself does not import beside the CPU torch build here (ENVIRONMENT.md). Weights are
+torchvision itself does not import beside the CPU torch build here (operator torchvision::nms is
+missing). Weights are
 random: the analytical predictor needs shapes, not trained values.
 """
 

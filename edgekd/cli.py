@@ -192,8 +192,10 @@ def _print_outcome(ctx, command: str) -> None:
     print(f"run dir: {ctx.run_dir}")
     if ctx.is_done("report"):
         print(f"report:  {ctx.run_dir / 'report.md'}")
-        if not ctx.result("report")["budget_met"]:
-            print("warning: the deployed student missed the latency budget; see the report", file=sys.stderr)
+        report = ctx.result("report")
+        if not report.budget_met:
+            print(f"warning: the deployed student missed the latency budget ({report.budget_met_source} latency); "
+                  "see the report", file=sys.stderr)
 
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:

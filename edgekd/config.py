@@ -1,4 +1,7 @@
-"""Targets and recipes as dataclasses, loaded from YAML with `safe_load`.
+"""The recipe: one `<Stage>Config` dataclass per stage (its word names its recipe section), loaded
+from YAML with `safe_load`. Allowed values and ranges live on the fields (`at_least`, `above`,
+`between`, `one_of`) and are all checked when the recipe is loaded, before any work, with the
+recipe key in the message.
 
 Unknown keys are errors with a hint, and `--set stage.key=value` overrides are parsed with
 `ast.literal_eval` and type-checked against the field's default, so a typo never passes silently.
@@ -9,6 +12,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,14 +23,51 @@ import yaml
 
 from edgekd.errors import UserError
 
+# ---- allowed values ----------------------------------------------------------------------------
+# The names each stage implements. They live here so that a recipe is checked before any work; the
+# modules that implement them check (in tests) that they match.
+KD_LOSSES = ("hinton", "dist", "dkd")  # edgekd/distill/losses.py
+FEATURE_LOSSES = ("fitnets", "at", "nd")  # edgekd/distill/feature_losses.py
+SCORES = ("diswot", "naswot", "synflow", "params", "macs")  # edgekd/search/proxies.py
+FAMILIES = ("resnet", "mobilenet", "teacher-derived")  # edgekd/search/space.py
+LATENCY_SETTINGS = ("auto", "predicted", "measured")
+INT8_MODES = ("qat", "ptq")
+CACHE_DTYPES = ("float32", "float16")
+
+
+def at_least(minimum: float, *, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
+    """A field whose value (or each value of a list) must be >= minimum."""
+    return _constrained(default, factory, minimum=minimum)
+
+
+def above(bound: float, *, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
+    """A field whose value (or each value of a list) must be > bound."""
+    return _constrained(default, factory, above=bound)
+
+
+def between(low: float, high: float, *, default: Any = dataclasses.MISSING) -> Any:
+    return _constrained(default, dataclasses.MISSING, minimum=low, maximum=high)
+
+
+def one_of(choices: tuple[str, ...], *, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
+    """A field whose value (or each value of a list) must be one of `choices` (None passes where
+    the field allows it)."""
+    return _constrained(default, factory, choices=choices)
+
+
+def _constrained(default: Any, factory: Any, **rule: Any) -> Any:
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=rule)
+    return field(default=default, metadata=rule)
+
 
 @dataclass
 class BenchConfig:
-    warmup: int = 50
-    runs: int = 300
-    throughput_batch: int = 32
-    throughput_runs: int = 50
-    threads: int | None = None
+    warmup: int = at_least(0, default=50)
+    runs: int = at_least(1, default=300)
+    throughput_batch: int = at_least(1, default=32)
+    throughput_runs: int = at_least(1, default=50)
+    threads: int | None = at_least(1, default=None)
 
 
 @dataclass
@@ -34,74 +75,74 @@ class TeacherConfig:
     """How edgekd trains a teacher when the user gives none (the embedded default)."""
 
     arch: str = "resnet_l"
-    epochs: int = 12
-    lr: float = 0.003
-    batch_size: int = 64
-    patience: int = 4
+    epochs: int = at_least(1, default=12)
+    lr: float = above(0, default=0.003)
+    batch_size: int = at_least(1, default=64)
+    patience: int = at_least(1, default=4)
 
 
 @dataclass
 class SearchConfig:
     # The space: which families, and the choices within them (edgekd/search/space.py).
     # "teacher-derived" is the teacher with blocks removed and channels thinned (N2N-style).
-    families: list[str] = field(default_factory=lambda: ["resnet", "mobilenet", "teacher-derived"])
+    families: list[str] = one_of(FAMILIES, factory=lambda: ["resnet", "mobilenet", "teacher-derived"])
     base: str = "resnet_s"  # the resnet family's reference architecture (widths x multiplier)
     mobilenet_base: str = "mobilenet_s"  # the inverted-residual family's reference architecture
-    width_multipliers: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 1.5, 2.0])
-    depth_options: list[int] = field(default_factory=lambda: [1, 2])  # per stage
-    kernel_options: list[int] = field(default_factory=lambda: [3, 5])  # mobilenet, per stage
-    expand_options: list[int] = field(default_factory=lambda: [3, 6])  # mobilenet, per stage
+    width_multipliers: list[float] = above(0, factory=lambda: [0.25, 0.5, 1.0, 1.5, 2.0])
+    depth_options: list[int] = at_least(1, factory=lambda: [1, 2])  # per stage
+    kernel_options: list[int] = at_least(1, factory=lambda: [3, 5])  # mobilenet, per stage; odd
+    expand_options: list[int] = at_least(1, factory=lambda: [3, 6])  # mobilenet, per stage
     se_options: list[bool] = field(default_factory=lambda: [False, True])  # mobilenet, per stage
     # Score without training (edgekd/search/proxies.py): diswot, naswot, synflow, params, macs.
     # params by default because it ranked distilled students best in our measurement: Kendall tau
     # 0.78 against KD accuracy on Fashion-MNIST (16 students), DisWOT 0.18, SynFlow 0.18, NASWOT
     # 0.07 (benchmarks/results/proxy-correlation/results.md).
-    score: str = "params"
-    proxy_batch: int = 64  # training images the proxies look at
+    score: str = one_of(SCORES, default="params")
+    proxy_batch: int = at_least(1, default=64)  # training images the proxies look at
     # Latency of each trial: "predicted" (the target's table from `edgekd lut`; blocks the table
     # lacks are timed first), "measured" (export and time every candidate: ~3 s each on a 2-core
     # CPU), or "auto": predicted when the target has a table at this input size, else measured.
     # Finalists are always measured on the device.
-    latency: str = "auto"
-    trials: int = 60  # Optuna trials (NSGA-II, score up and latency down); a repeated arch is not re-evaluated
-    population: int = 16  # NSGA-II population per generation
-    finalists: int = 4  # best-scoring fitting candidates measured on the device
-    max_attempts: int = 3  # students tried when the shipped artifact misses the budget
+    latency: str = one_of(LATENCY_SETTINGS, default="auto")
+    trials: int = at_least(1, default=60)  # Optuna trials (NSGA-II, score up and latency down); a repeated arch is not re-evaluated
+    population: int = at_least(2, default=16)  # NSGA-II population per generation
+    finalists: int = at_least(1, default=4)  # best-scoring fitting candidates measured on the device
+    max_attempts: int = at_least(1, default=3)  # students tried when the shipped artifact misses the budget
     # Pick candidates whose measured latency is at most margin x budget: timing on a shared CPU
     # varies by ~10-15% between runs, and the final artifact is measured again in bench.
-    latency_margin: float = 0.8
+    latency_margin: float = between(0.05, 1.0, default=0.8)
     # With no --budget-ms, the budget is the teacher's measured latency / default_speedup. 2.5,
     # not 2: the teacher's own p50 moves ~15% between the search and bench stages on a busy CPU,
     # and a student picked at exactly 2x could then measure under 2x in the report.
-    default_speedup: float = 2.5
-    warmup: int = 20
-    runs: int = 100
+    default_speedup: float = above(0, default=2.5)
+    warmup: int = at_least(0, default=20)
+    runs: int = at_least(1, default=100)
 
 
 @dataclass
 class DistillConfig:
-    epochs: int = 40
-    qat_epochs: int = 8
-    batch_size: int = 64
-    lr: float = 0.003
-    qat_lr: float = 0.0002
-    weight_decay: float = 0.0001
-    # KD loss, a name in edgekd.distill.losses.KD_LOSSES: "hinton" (alpha * KD + (1 - alpha) * CE),
+    epochs: int = at_least(1, default=40)
+    qat_epochs: int = at_least(0, default=8)
+    batch_size: int = at_least(1, default=64)
+    lr: float = above(0, default=0.003)
+    qat_lr: float = above(0, default=0.0002)
+    weight_decay: float = at_least(0, default=0.0001)
+    # KD loss (edgekd/distill/losses.py): "hinton" (alpha * KD + (1 - alpha) * CE),
     # "dist" (CE + DIST, Huang et al. 2022) or "dkd" (CE + DKD, Zhao et al. 2022)
-    loss: str = "hinton"
-    temperature: float = 4.0  # every loss's temperature (T; DIST's tau)
-    alpha: float = 0.9  # hinton only: weight of the KD term; 1 - alpha weighs the label loss
-    dist_beta: float = 1.0  # dist: weight of the inter-class relation term
-    dist_gamma: float = 1.0  # dist: weight of the intra-class relation term
-    dkd_alpha: float = 1.0  # dkd: weight of TCKD (target-class KD)
-    dkd_beta: float = 8.0  # dkd: weight of NCKD (non-target-class KD)
-    patience: int = 8
-    calibration_samples: int = 300
-    # Feature KD added to the logit loss (edgekd/distill/feature_losses.py): null (none), "fitnets" (FitNets:
-    # 1x1 conv regressors, MSE), "at" (attention transfer) or "nd" (ND loss, on the classifier's
-    # input). It costs one teacher forward per training step: teacher features are not cached.
-    feature_loss: str | None = None
-    feature_weight: float | None = None  # null: the paper's reference weight (fitnets 100, at 1000, nd 1)
+    loss: str = one_of(KD_LOSSES, default="hinton")
+    temperature: float = above(0, default=4.0)  # every loss's temperature (T; DIST's tau)
+    alpha: float = between(0, 1, default=0.9)  # hinton only: weight of the KD term; 1 - alpha weighs the label loss
+    dist_beta: float = at_least(0, default=1.0)  # dist: weight of the inter-class relation term
+    dist_gamma: float = at_least(0, default=1.0)  # dist: weight of the intra-class relation term
+    dkd_alpha: float = at_least(0, default=1.0)  # dkd: weight of TCKD (target-class KD)
+    dkd_beta: float = at_least(0, default=8.0)  # dkd: weight of NCKD (non-target-class KD)
+    patience: int = at_least(1, default=8)
+    calibration_samples: int = at_least(1, default=300)
+    # Feature KD added to the logit loss (edgekd/distill/feature_losses.py): null (none), "fitnets"
+    # (FitNets: 1x1 conv regressors, MSE), "at" (attention transfer) or "nd" (ND loss, on the
+    # classifier's input). It costs one teacher forward per training step: teacher features are not cached.
+    feature_loss: str | None = one_of(FEATURE_LOSSES, default=None)
+    feature_weight: float | None = at_least(0, default=None)  # null: the paper's weight (fitnets 100, at 1000, nd 1)
     # Student module names (model.named_modules()); null: each stage's output (the last block of
     # the stage) for fitnets/at, the classifier for nd
     feature_layers: list[str] | None = None
@@ -113,15 +154,15 @@ class DistillConfig:
     init: str = "random"
     # Deterministic augmentation (edgekd.data.augment): random shifts of up to augment_shift_px
     # (null: 1/8 of the image side) and, if asked, horizontal flips (wrong for digits and text).
-    # The teacher's outputs on each augmented epoch are cached on disk (edgekd.distill.teacher_outputs).
+    # The teacher's outputs on each augmented epoch are cached on disk (edgekd/distill/teacher_outputs.py).
     augment: bool = False
-    augment_shift_px: int | None = None
+    augment_shift_px: int | None = at_least(0, default=None)
     augment_hflip: bool = False
     # Teacher outputs kept per sample: the top-k classes' log-probabilities (0: all, exact)
-    teacher_top_k: int = 0
-    teacher_cache_dtype: str = "float32"  # or "float16": ~30% less disk, losses within ~1e-4
+    teacher_top_k: int = at_least(0, default=0)
+    teacher_cache_dtype: str = one_of(CACHE_DTYPES, default="float32")  # float16: ~30% less disk, losses within ~1e-4
     # INT8: "qat" (PTQ-initialised, then trained with the KD loss) or "ptq" (calibration only)
-    mode: str = "qat"
+    mode: str = one_of(INT8_MODES, default="qat")
     # A calibration manifest (calibration/README.md); null: the first calibration_samples
     # training images
     calibration: str | None = None
@@ -129,7 +170,7 @@ class DistillConfig:
     # this many val accuracy points stay in float, and what each costs in latency is measured.
     # null: no analysis (every conv/linear quantized). sensitivity_layers: the layers to analyse
     # (null: every conv and linear layer)
-    sensitivity_threshold_pt: float | None = None
+    sensitivity_threshold_pt: float | None = at_least(0, default=None)
     sensitivity_layers: list[str] | None = None
 
 
@@ -139,6 +180,39 @@ class Recipe:
     search: SearchConfig = field(default_factory=SearchConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+def check_values(config: Any, section: str) -> None:
+    """Every field of a config dataclass against its rule (at_least, above, between, one_of), and
+    every float finite: a UserError naming the recipe key on the first value that is not allowed."""
+    for f in dataclasses.fields(config):
+        value, key = getattr(config, f.name), f"{section}.{f.name}" if section else f.name
+        if dataclasses.is_dataclass(value):
+            check_values(value, key)
+            continue
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and not value and (f.metadata or f.name.endswith("_options")):
+            raise UserError(f"{key} is empty: give at least one choice")
+        for item in values:
+            _check_value(item, f.metadata, key, value)
+
+
+def _check_value(item: Any, rule: Any, key: str, whole: Any) -> None:
+    if item is None or isinstance(item, bool):
+        return
+    shown = f"{whole!r}"
+    if isinstance(item, float) and not math.isfinite(item):
+        raise UserError(f"{key} must be a finite number, got {shown}")
+    if "choices" in rule and item not in rule["choices"]:
+        close = difflib.get_close_matches(str(item).lower(), rule["choices"], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"{key} {item!r} is unknown{hint}; known: {', '.join(rule['choices'])}")
+    if "minimum" in rule and item < rule["minimum"]:
+        raise UserError(f"{key} must be >= {rule['minimum']:g}, got {shown}")
+    if "maximum" in rule and item > rule["maximum"]:
+        raise UserError(f"{key} must be <= {rule['maximum']:g}, got {shown}")
+    if "above" in rule and item <= rule["above"]:
+        raise UserError(f"{key} must be > {rule['above']:g}, got {shown}")
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = (), bench_defaults: BenchConfig | None = None) -> Recipe:
@@ -157,6 +231,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), bench_defaul
     recipe = from_mapping(Recipe, data, where=str(path or "recipe"))
     for item in overrides:
         apply_override(recipe, item)
+    check_values(recipe, "")
     return recipe
 
 
@@ -185,10 +260,6 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
-    return from_mapping(Recipe, data, where="saved recipe")
-
-
-def recipefrom_mapping(data: dict[str, Any]) -> Recipe:
     return from_mapping(Recipe, data, where="saved recipe")
 
 

@@ -6,15 +6,17 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from typing import Any
 
 from edgekd import interrupt
 from edgekd.errors import UserError
+from edgekd.results import check_budget
 from edgekd.run import RunContext
 
 log = logging.getLogger(__name__)
 
 # The one place that says which stages exist and in what order. Each is edgekd/<name>/stage.py
-# with `run(ctx) -> dict of metrics` and `summary(metrics) -> str` for its end line.
+# with `run(ctx) -> its typed result` (edgekd/results.py) and `summary(result) -> str` for its end line.
 STAGES = ("search", "distill", "export", "bench", "report")
 
 
@@ -42,14 +44,14 @@ def run_pipeline(ctx: RunContext, *, until: str | None = None, redo: str | None 
 def _reselect_after_miss(ctx: RunContext) -> bool:
     """True when bench missed the budget and search chose another student (later stages are
     then forgotten, so the loop runs them again)."""
-    from edgekd.search import stage as search
+    from edgekd.search.reselect import reselect
 
-    bench = ctx.result("bench")
-    if bench["budget_met"]:
+    search, bench = ctx.result("search"), ctx.result("bench")
+    if check_budget(search, bench).met:
         return False
-    if not search.reselect(ctx, bench):
+    if not reselect(ctx, bench):
         log.warning("budget missed and no student left to try (%d attempt(s), search.max_attempts %d)",
-                    len(ctx.result("search").get("attempts", [])), ctx.recipe.search.max_attempts)
+                    len(search.attempts), ctx.recipe.search.max_attempts)
         return False
     for later in STAGES[STAGES.index("distill") :]:
         ctx.forget(later)
@@ -57,15 +59,15 @@ def _reselect_after_miss(ctx: RunContext) -> bool:
     return True
 
 
-def run_stage(ctx: RunContext, name: str) -> dict:
+def run_stage(ctx: RunContext, name: str) -> Any:
     module = importlib.import_module(f"edgekd.{name}.stage")
     # A stage that runs again invalidates what later stages built from its output.
     for later in STAGES[STAGES.index(name) :]:
         ctx.forget(later)
     log.info("stage %s: start", name)
     started = time.perf_counter()
-    metrics = module.run(ctx)
-    metrics["seconds"] = round(time.perf_counter() - started, 2)
-    ctx.mark_done(name, metrics)
-    log.info("stage %s: done in %.1f s (%s)", name, metrics["seconds"], module.summary(metrics))
-    return metrics
+    result = module.run(ctx)
+    result.seconds = round(time.perf_counter() - started, 2)
+    ctx.mark_done(name, result)
+    log.info("stage %s: done in %.1f s (%s)", name, result.seconds, module.summary(result))
+    return result

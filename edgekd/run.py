@@ -23,6 +23,7 @@ from edgekd.config import Recipe, recipe_from_dict
 from edgekd.data import DatasetSplits, load_dataset
 from edgekd.errors import UserError
 from edgekd.io import write_json
+from edgekd.results import RESULT_TYPES, from_plain, to_plain
 from edgekd.target import Target, target_from_dict
 from edgekd.version import __version__
 
@@ -49,11 +50,17 @@ class RunSpec:
     command: str = ""
 
 
+# The shape of the stage results in state.json (edgekd/results.py); a run dir written in another
+# shape cannot be resumed by this version.
+STATE_FORMAT = 2
+
+
 @dataclass
 class RunState:
     edgekd_version: str = __version__
     created: str = ""
     completed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    state_format: int = STATE_FORMAT
 
 
 def default_run_name(target_name: str) -> str:
@@ -89,6 +96,7 @@ class RunContext:
         self.state = state
         self.target: Target = target_from_dict(spec.target)
         self.recipe: Recipe = recipe_from_dict(spec.recipe)
+        self._results: dict[str, Any] = {}  # typed stage results, read from state.json on first use
 
     # ---- creation and loading -------------------------------------------------------------
     @classmethod
@@ -110,26 +118,43 @@ class RunContext:
             state = RunState(**json.loads(state_path.read_text())) if state_path.is_file() else RunState()
         except (json.JSONDecodeError, TypeError) as exc:
             raise UserError(f"run dir '{run_dir}' has an unreadable config.json/state.json: {exc}") from exc
+        if state.completed and state.state_format != STATE_FORMAT:
+            raise UserError(
+                f"run dir '{run_dir}' was written by edgekd {state.edgekd_version}, whose stage results this "
+                f"version ({__version__}) cannot read; start a new run (its artifacts stay where they are)"
+            )
         return cls(run_dir, spec, state)
 
     # ---- state ----------------------------------------------------------------------------
     def save_state(self) -> None:
+        """Write state.json, with each stage's typed result as it is now (the feedback loop
+        updates the search result in place)."""
+        for stage, result in self._results.items():
+            self.state.completed[stage] = to_plain(result)
         write_json(self.run_dir / "state.json", dataclasses.asdict(self.state))
 
     def is_done(self, stage: str) -> bool:
         return stage in self.state.completed
 
-    def result(self, stage: str) -> dict[str, Any]:
+    def result(self, stage: str) -> Any:
+        """The typed result of a completed stage (edgekd/results.py)."""
         if stage not in self.state.completed:
             raise UserError(f"stage {stage!r} has not run in '{self.run_dir}'")
-        return self.state.completed[stage]
+        if stage not in self._results:
+            try:
+                self._results[stage] = from_plain(RESULT_TYPES[stage], self.state.completed[stage])
+            except (TypeError, KeyError, ValueError) as exc:
+                raise UserError(f"run dir '{self.run_dir}': the saved result of stage {stage!r} is unreadable "
+                                f"({exc}); run that stage again with `edgekd {stage} --resume {self.run_dir}`") from exc
+        return self._results[stage]
 
-    def mark_done(self, stage: str, metrics: dict[str, Any]) -> None:
-        self.state.completed[stage] = metrics
+    def mark_done(self, stage: str, result: Any) -> None:
+        self._results[stage] = result
         self.save_state()
 
     def forget(self, stage: str) -> None:
         self.state.completed.pop(stage, None)
+        self._results.pop(stage, None)
         self.save_state()
 
     def stage_dir(self, stage: str) -> Path:

@@ -12,17 +12,27 @@ from __future__ import annotations
 
 import difflib
 import logging
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekd.config import BenchConfig, from_mapping, read_yaml_mapping
-from edgekd.errors import UserError
+from edgekd.backends import KNOWN_BACKENDS, get_backend
+from edgekd.config import (
+    BenchConfig,
+    above,
+    at_least,
+    check_values,
+    from_mapping,
+    one_of,
+    read_yaml_mapping,
+)
+from edgekd.errors import MissingDependencyError, UserError
+from edgekd.quantizers import QUANTIZERS
 
 log = logging.getLogger(__name__)
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass
@@ -30,10 +40,10 @@ class DevicePeaks:
     """A device's published peak figures (dense, not 2:4-sparse), for the latency edgekd predicts
     when the device is not attached (edgekd/latency/analytical.py). null: not published."""
 
-    int8_tops: float | None = None
-    fp16_tflops: float | None = None
-    fp32_tflops: float | None = None
-    memory_bandwidth_gbs: float | None = None
+    int8_tops: float | None = above(0, default=None)
+    fp16_tflops: float | None = above(0, default=None)
+    fp32_tflops: float | None = above(0, default=None)
+    memory_bandwidth_gbs: float | None = above(0, default=None)
     source: str = ""  # where the figures come from, cited in every predicted number
 
 
@@ -41,12 +51,12 @@ class DevicePeaks:
 class Target:
     name: str
     description: str
-    backend: str
+    backend: str = one_of(KNOWN_BACKENDS)
     device: str
-    precisions: list[str]
-    precision: str
-    quantizer: str
-    channel_multiple: int = 8
+    precisions: list[str] = one_of(PRECISIONS)
+    precision: str = one_of(PRECISIONS)
+    quantizer: str = one_of(QUANTIZERS)
+    channel_multiple: int = at_least(1, default=8)
     runner: str = "local"
     bench: BenchConfig = field(default_factory=BenchConfig)
     sparse_2_4: bool = False  # the device's kernels run 2:4 structured sparsity faster (Ampere+)
@@ -78,6 +88,10 @@ def load_target(name_or_path: str) -> Target:
         raise UserError(f"target file '{path}' does not exist")
     data = read_yaml_mapping(path)
     target = from_mapping(Target, data, where=str(path))
+    try:
+        check_values(target, "")
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from exc
     if target.precision not in target.precisions:
         raise UserError(
             f"{path}: precision {target.precision!r} is not in precisions {target.precisions}"
@@ -85,40 +99,24 @@ def load_target(name_or_path: str) -> Target:
     return target
 
 
-def targetfrom_mapping(data: dict[str, Any]) -> Target:
-    return from_mapping(Target, data, where="saved target")
-
-
 
 
 def why_not_measurable(target: Target) -> str | None:
-    """None when edgekd can time this target's artifacts; else the reason it cannot."""
+    """None when edgekd can time this target's artifacts; else the reason it cannot (the
+    backend's own answer, e.g. no TensorRT here, or not macOS for Core ML)."""
     if target.runner != "local":
         return None  # the device behind the runner has the runtime (checked when it is reached)
-    if target.backend == "tensorrt":
-        from edgekd.backends.tensorrt import api as tensorrt_api
-        from edgekd.backends.tensorrt import trtexec as tensorrt_trtexec
-
-        if tensorrt_api.trt is None and tensorrt_trtexec.find_trtexec() is None:
-            return ("TensorRT is not installed here (neither the tensorrt Python package nor trtexec); "
-                    "run edgekd on the device, or give it with --device ssh://user@host")
-    if target.backend == "coreml" and platform.system() != "Darwin":
-        return "Core ML runs models only on macOS; run edgekd on a Mac to measure"
-    return None
+    return get_backend(target.backend).runtime_missing()
 
 
 def baseline_precision(target: Target) -> str:
     """The precision the teacher and the float student are deployed at: what a team would ship
-    without edgekd. fp16 where the runtime computes in fp16 anyway (TensorRT, Core ML), else fp32."""
-    if target.backend in ("tensorrt", "coreml") and "fp16" in target.precisions:
-        return "fp16"
-    return "fp32"
+    without edgekd (the backend's choice: fp16 where the runtime computes in fp16 anyway)."""
+    return get_backend(target.backend).baseline_precision(target.precisions)
 
 
 def runtime_version(backend) -> str:
     """The backend runtime's version, or "not installed here" (TensorRT off a GPU host)."""
-    from edgekd.errors import MissingDependencyError
-
     try:
         return backend.version()
     except MissingDependencyError:

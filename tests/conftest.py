@@ -25,3 +25,10 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def own_benchmarks_dir(tmp_path_factory, monkeypatch):
+    """Each test gets its own latency tables and records: a table or record one test writes must
+    not change what a later test predicts."""
+    monkeypatch.setenv("EDGEKD_BENCHMARKS_DIR", str(tmp_path_factory.mktemp("benchmarks")))

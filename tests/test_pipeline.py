@@ -9,8 +9,9 @@ from tiny_recipe import tiny_args
 
 from edgekd.bench import stage as bench
 from edgekd.cli import main
+from edgekd.latency import on_target
+from edgekd.latency.source import MEASURED, Latency
 from edgekd.models import count_params
-from edgekd.search import stage as search
 
 
 def test_a_budget_miss_reselects_the_next_student_and_reports_both_attempts(tmp_path, monkeypatch):
@@ -19,18 +20,17 @@ def test_a_budget_miss_reselects_the_next_student_and_reports_both_attempts(tmp_
 
     def bench_that_misses_once(ctx):
         result = real_bench(ctx)
-        calls.append(ctx.result("search")["chosen"])
+        calls.append(ctx.result("search").chosen)
         if len(calls) == 1:  # test-forced miss: the first artifact "measures" just over the budget
-            deployed = result["models"]["student_int8"]
-            deployed["latency_ms"]["p50"] = result["budget_ms"] * 1.0001
-            result["budget_met"] = False
+            deployed = result.models["student_int8"]
+            deployed.latency = Latency(ctx.result("search").budget.ms * 1.0001, MEASURED)
         return result
 
     monkeypatch.setattr(bench, "run", bench_that_misses_once)
     # The search's latencies grow with size here: at 8x8 two tiny students' real timings are within
     # noise of each other on a busy machine, and this test is about the loop, not the timing.
-    monkeypatch.setattr(search, "measure_latency_ms",
-                        lambda ctx, model, precision, name: 1.0 if name == "teacher" else count_params(model) / 1e6)
+    monkeypatch.setattr(on_target, "measure_on_target", lambda target, model, *args, name, **_: Latency(
+        1.0 if name == "teacher" else count_params(model) / 1e6, MEASURED))
     args = tiny_args()
     args[args.index("--budget-ms") + 1] = "5"
     code = main(["compress", "--target", "x86-cpu", "--runs-dir", str(tmp_path), "--name", "r", *args,

@@ -46,6 +46,6 @@ def test_predicted_latency_is_labelled_and_grows_with_the_model():
     large = build_model("resnet_l", 3, 10).eval()
     fast = predicted_latency(target, small, (3, 224, 224), "int8")
     slow = predicted_latency(target, large, (3, 224, 224), "int8")
-    assert fast.label.startswith("predicted") and slow.label.startswith("predicted")
+    assert fast.source == slow.source == "predicted (analytical)" and "peaks" in fast.detail
     assert 0 < fast.ms < slow.ms
     assert predicted_latency(target, large, (3, 224, 224), "fp16").ms > slow.ms  # int8 is the faster precision

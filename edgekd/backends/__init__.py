@@ -1,8 +1,11 @@
-"""Deployment backends (OpenVINO, ONNX Runtime), imported lazily by name.
+"""Deployment backends, one module (or package) per runtime, imported lazily by name:
+openvino.py, onnx.py, coreml.py, tensorrt/.
 
-Each backend is a module with the same functions (export, read_metadata, predict_logits,
-accuracy, size_mb, ...). Importing this package must stay cheap and must not import any
-runtime, so that a user without OpenVINO can still use the ONNX backend and vice versa.
+Every backend module meets the `Backend` contract below (tests/backends/test_contract.py checks
+it): the runtime's own verbs (export, benchmark, accuracy, ...) and the verbs the stages call, so
+that no stage branches on a backend's name and a new runtime touches one folder. Importing this
+package must stay cheap and must not import any runtime, so that a user without OpenVINO can still
+use the ONNX backend and vice versa.
 """
 
 from __future__ import annotations
@@ -10,19 +13,82 @@ from __future__ import annotations
 import importlib
 import logging
 from pathlib import Path
-from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from edgekd.errors import UserError
 
+if TYPE_CHECKING:
+    from edgekd.measure import LatencyStats
+    from edgekd.target import Target
+
 log = logging.getLogger(__name__)
 
 KNOWN_BACKENDS = ("openvino", "onnx", "coreml", "tensorrt")
 
 
-def get_backend(name: str) -> ModuleType:
+@runtime_checkable
+class Backend(Protocol):
+    """What a backend module provides. The first group is the runtime itself; the second is what
+    the stages ask of it (search times candidates, export writes and checks artifacts, bench times
+    them and measures their accuracy)."""
+
+    NAME: str  # the name in targets/*.yaml
+    SUFFIX: str  # of the deployed artifact
+    PRECISIONS: tuple[str, ...]
+
+    # -- the runtime ---------------------------------------------------------------------------
+    def version(self) -> str: ...  # MissingDependencyError when the runtime is not installed
+    def precision_note(self) -> str: ...  # what the timed numbers mean, for reports
+    def export(self, model: torch.nn.Module, example_input: torch.Tensor, path: Path, *,
+               metadata: dict[str, str]) -> Path: ...
+    def read_metadata(self, path: Path) -> dict[str, str]: ...
+    def benchmark(self, path: Path, *, warmup: int, runs: int, batch: int = 1,
+                  threads: int | None = None) -> LatencyStats: ...
+    def predict_logits(self, path: Path, x: Any) -> np.ndarray: ...
+    def accuracy(self, path: Path, x: Any, y: Any) -> float: ...
+    def size_mb(self, path: Path) -> float: ...
+
+    # -- what the stages call ------------------------------------------------------------------
+    def runtime_missing(self) -> str | None:
+        """Why this machine cannot run the artifacts (no TensorRT, not macOS); None when it can."""
+
+    def baseline_precision(self, precisions: list[str]) -> str:
+        """The precision a team would ship the float models at without edgekd."""
+
+    def write_artifact(self, model: torch.nn.Module, example_input: torch.Tensor, path: Path, *,
+                       precision: str, metadata: dict[str, str], quantizer: Any, target: Target,
+                       max_batch: int) -> dict[str, Any]:
+        """Write the deployable artifact at `path` (an INT8 model is the target quantizer's, written
+        with that quantizer's export where the runtime needs it); returns what the report should
+        know (e.g. the files written besides). Where the runtime is not here, what can be built is."""
+
+    def write_for_timing(self, model: torch.nn.Module, example_input: torch.Tensor, path: Path, *,
+                         precision: str, quantizer: Any) -> Path:
+        """The lightest file the runtime times, for the search's candidates (returns its path)."""
+
+    def check_artifact(self, model: torch.nn.Module, path: Path, inputs: torch.Tensor,
+                       num_classes: int) -> dict[str, Any] | None:
+        """Check the written artifact against the torch model it came from; None: nothing to check."""
+
+    def finish_export(self, run_dir: Path, written: dict[str, dict[str, Any]], target: Target) -> dict[str, Any]:
+        """After every model is written: files for the whole run (e.g. TensorRT's engine-build script)."""
+
+    def timed_path(self, path: Path) -> Path:
+        """The file the runtime times for the artifact at `path` (TensorRT: the ONNX when no engine)."""
+
+    def device_conditions(self) -> dict[str, str]:
+        """The device's settings a latency depends on (a Jetson's power mode and clocks), recorded
+        with every measurement made here; {} where there are none to read."""
+
+    def stand_in_accuracy(self, path: Path, x: Any, y: Any) -> tuple[float, str] | None:
+        """Accuracy of the closest runnable stand-in where the runtime is not here, with its name;
+        None when there is none (the caller then uses the torch model)."""
+
+
+def get_backend(name: str) -> Backend:
     """Import and return `edgekd.backends.<name>`.
 
     Raises UserError for an unknown name, MissingDependencyError when its runtime is missing.
@@ -31,7 +97,7 @@ def get_backend(name: str) -> ModuleType:
         known = ", ".join(KNOWN_BACKENDS)
         raise UserError(f"unknown backend {name!r}; known backends: {known}")
     log.debug("loading backend %s", name)
-    return importlib.import_module(f"{__name__}.{name}")
+    return importlib.import_module(f"{__name__}.{name}")  # type: ignore[return-value]: a module meeting Backend
 
 
 # Helpers shared by the backend modules. They live here, not in a backend, because a backend

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import edgekd
 from edgekd.backends import to_numpy, top1_accuracy
 from edgekd.errors import MissingDependencyError, UserError
 from edgekd.io import first_line
 from edgekd.measure import LatencyStats, time_calls
+from edgekd.version import __version__
 
 try:
     import coremltools as ct
@@ -126,7 +126,7 @@ def export(
         mlmodel = _compress(mlmodel, precision, palette_bits=palette_bits, threshold=weight_threshold)
     for key, value in metadata.items():
         mlmodel.user_defined_metadata[key] = str(value)
-    mlmodel.author = f"edgekd {edgekd.__version__}"
+    mlmodel.author = f"edgekd {__version__}"
     mlmodel.short_description = (
         f"{precision} ML Program for {deployment_target}, converted for compute units "
         f"{compute_units}; input {_INPUT_NAME!r} float32 NCHW in [0, 1], output {_OUTPUT_NAME!r}"
@@ -388,3 +388,58 @@ def benchmark(
         batch=batch,
         desc=f"timing {Path(path).name} b{batch}",
     )
+
+
+# --- what the stages call (edgekd.backends.Backend) -------------------------------------------
+
+
+def runtime_missing() -> str | None:
+    if platform.system() != "Darwin":
+        return "Core ML runs models only on macOS; run edgekd on a Mac to measure"
+    return None
+
+
+def baseline_precision(precisions: list[str]) -> str:
+    """fp16: Core ML computes in fp16 on the GPU and Neural Engine anyway."""
+    return "fp16" if "fp16" in precisions else "fp32"
+
+
+def write_artifact(model: torch.nn.Module, example_input: torch.Tensor, path: Path, *, precision: str,
+                   metadata: dict[str, str], quantizer, target, max_batch: int) -> dict:
+    """An ML Program for the target's compute units and minimum OS; an INT8 model from the CoreML
+    quantizer becomes a W8A8 program (export finalizes it)."""
+    options = {"compute_units": target.compute_units}
+    if target.deployment_target:
+        options["deployment_target"] = target.deployment_target
+    export(model, example_input, path, metadata=metadata, precision=precision, **options)
+    return {}
+
+
+def write_for_timing(model: torch.nn.Module, example_input: torch.Tensor, path: Path, *, precision: str,
+                     quantizer) -> Path:
+    return export(model, example_input, Path(path).with_suffix(SUFFIX), metadata={"purpose": "latency probe"},
+                  precision=precision)
+
+
+def check_artifact(model: torch.nn.Module, path: Path, inputs: torch.Tensor, num_classes: int) -> dict | None:
+    """The package's interface against the data (batch-1 input of the data's shape, one logit per
+    class; `validate` raises on a mismatch) and its op inventory (quantize/dequantize ops show W8A8)."""
+    checked = validate(path, input_shape=(1, *inputs.shape[1:]), num_classes=num_classes)
+    return {"valid": True, "input_shape": list(checked["input_shape"]), "output_shape": list(checked["output_shape"]),
+            "spec_version": checked["spec_version"], "ops": op_inventory(path)}
+
+
+def finish_export(run_dir: Path, written: dict[str, dict], target) -> dict:
+    return {}
+
+
+def timed_path(path: Path) -> Path:
+    return Path(path)
+
+
+def stand_in_accuracy(path: Path, x, y) -> tuple[float, str] | None:
+    return None  # no runtime runs an ML Program off macOS: the torch model stands in
+
+
+def device_conditions() -> dict[str, str]:
+    return {}

@@ -16,6 +16,7 @@ import torch
 
 from edgekd.backends import require_file, to_numpy, top1_accuracy
 from edgekd.errors import MissingDependencyError, UserError
+from edgekd.measure import LatencyStats, time_calls
 
 try:
     import onnx
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 NAME = "onnx"
 SUFFIX = ".onnx"
+PRECISIONS = ("fp32", "int8")  # int8: a Q/DQ ONNX, run by onnxruntime's QDQ kernels
 
 _OPSET = 17
 _INPUT_NAME = "input"
@@ -36,6 +38,10 @@ _PROVIDERS = ["CPUExecutionProvider"]
 
 def version() -> str:
     return ort.__version__
+
+
+def precision_note() -> str:
+    return "onnxruntime CPUExecutionProvider, default graph optimizations"
 
 
 def export(
@@ -125,8 +131,22 @@ def read_metadata(path: Path) -> dict[str, str]:
     return {entry.key: entry.value for entry in onnx_model.metadata_props}
 
 
-def _session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(require_file(Path(path))), providers=_PROVIDERS)
+def _session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(require_file(Path(path))), sess_options=options, providers=_PROVIDERS)
+
+
+def benchmark(path: Path, *, warmup: int, runs: int, batch: int = 1, threads: int | None = None) -> LatencyStats:
+    """Latency of one synchronous `batch`-sized inference of random input in onnxruntime."""
+    session = _session(path, threads)
+    model_input = session.get_inputs()[0]
+    # Random data rather than zeros: some kernels have fast paths for zeros.
+    data = np.random.default_rng(0).random((batch, *model_input.shape[1:])).astype(np.float32)
+    feed = {model_input.name: data}
+    return time_calls(lambda: session.run(None, feed), warmup=warmup, runs=runs, batch=batch,
+                      desc=f"timing {Path(path).name} b{batch}")
 
 
 def predict_logits(
@@ -153,3 +173,77 @@ def accuracy(
 def size_mb(path: Path) -> float:
     """Size on disk of the .onnx file in MB (1e6 bytes); we never write external data."""
     return require_file(Path(path)).stat().st_size / 1e6
+
+
+def compare_with_torch(model: torch.nn.Module, onnx_path: Path, x: torch.Tensor, *,
+                       batch_size: int = 256) -> dict[str, float]:
+    """How closely onnxruntime's run of the exported ONNX follows the torch model it came from (a
+    fake-quantized one for a Q/DQ ONNX) on `x`: max absolute logit difference and the fraction of
+    samples with the same top-1."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = torch.cat([model(x[s : s + batch_size]) for s in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
+    expected = expected.numpy()
+    actual = predict_logits(onnx_path, x, batch_size=batch_size)
+    result = {
+        "max_abs_diff": float(np.max(np.abs(actual - expected))),
+        "argmax_agreement": float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1))),
+        "samples": len(x),
+    }
+    log.info("onnxruntime vs torch on %d samples: max |diff| %.3g, top-1 agreement %.4f",
+             result["samples"], result["max_abs_diff"], result["argmax_agreement"])
+    return result
+
+
+# --- what the stages call (edgekd.backends.Backend) -------------------------------------------
+
+
+def runtime_missing() -> str | None:
+    return None
+
+
+def baseline_precision(precisions: list[str]) -> str:
+    return "fp32"
+
+
+def write_artifact(model: torch.nn.Module, example_input: torch.Tensor, path: Path, *, precision: str,
+                   metadata: dict[str, str], quantizer, target, max_batch: int) -> dict:
+    if precision == "int8" and hasattr(quantizer, "export_onnx"):
+        quantizer.export_onnx(model, example_input, path, metadata=metadata)  # the quantizer's own Q/DQ layout
+    else:
+        export(model, example_input, path, metadata=metadata)
+    return {}
+
+
+def write_for_timing(model: torch.nn.Module, example_input: torch.Tensor, path: Path, *, precision: str,
+                     quantizer) -> Path:
+    path = Path(path).with_suffix(SUFFIX)
+    write_artifact(model, example_input, path, precision=precision, metadata={"purpose": "latency probe"},
+                   quantizer=quantizer, target=None, max_batch=1)
+    return path
+
+
+def check_artifact(model: torch.nn.Module, path: Path, inputs: torch.Tensor, num_classes: int) -> dict | None:
+    return compare_with_torch(model, path, inputs)
+
+
+def finish_export(run_dir: Path, written: dict[str, dict], target) -> dict:
+    return {}
+
+
+def timed_path(path: Path) -> Path:
+    return Path(path)
+
+
+def stand_in_accuracy(path: Path, x, y) -> tuple[float, str] | None:
+    if not Path(path).exists():
+        return None
+    return accuracy(path, x, y), f"{NAME} artifact"
+
+
+def device_conditions() -> dict[str, str]:
+    return {}

@@ -214,3 +214,49 @@ def size_mb(path: Path) -> float:
     bin_path = xml_path.with_suffix(".bin")
     total_bytes = xml_path.stat().st_size + (bin_path.stat().st_size if bin_path.exists() else 0)
     return total_bytes / 1e6
+
+
+# --- what the stages call (edgekd.backends.Backend) -------------------------------------------
+
+
+def runtime_missing() -> str | None:
+    return None  # the CPU plugin runs wherever the package imports
+
+
+def baseline_precision(precisions: list[str]) -> str:
+    return "fp32"
+
+
+def write_artifact(model: torch.nn.Module, example_input: torch.Tensor, path: Path, *, precision: str,
+                   metadata: dict[str, str], quantizer, target, max_batch: int) -> dict:
+    """The IR; an NNCF INT8 model converts to an IR whose FakeQuantize ops the CPU plugin runs as INT8."""
+    export(model, example_input, path, metadata=metadata)
+    return {}
+
+
+def write_for_timing(model: torch.nn.Module, example_input: torch.Tensor, path: Path, *, precision: str,
+                     quantizer) -> Path:
+    return export(model, example_input, Path(path).with_suffix(SUFFIX), metadata={"purpose": "latency probe"})
+
+
+def check_artifact(model: torch.nn.Module, path: Path, inputs: torch.Tensor, num_classes: int) -> dict | None:
+    return None  # bench measures the IR's own accuracy
+
+
+def finish_export(run_dir: Path, written: dict[str, dict], target) -> dict:
+    return {}
+
+
+def timed_path(path: Path) -> Path:
+    return Path(path)
+
+
+def stand_in_accuracy(path: Path, x, y) -> tuple[float, str] | None:
+    """With a remote runner the IR still runs here: the same file, on this CPU."""
+    if not Path(path).exists():
+        return None
+    return accuracy(path, x, y), f"{NAME} artifact"
+
+
+def device_conditions() -> dict[str, str]:
+    return {}  # the CPU's name is recorded by bench for every backend

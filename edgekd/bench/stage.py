@@ -1,7 +1,12 @@
 """Measure the exported artifacts on the target: batch-1 latency (p50/p90/p99 after warm-up),
 throughput at a larger batch, size, and test accuracy of the artifact itself run by the target
 runtime (not the torch model). Teacher and students are measured in the same run, so their
-ratios are fair even though absolute times drift between runs."""
+ratios are fair even though absolute times drift between runs. Where the target cannot run here,
+latency is predicted (and labelled so) and accuracy comes from the closest runnable stand-in.
+
+Every bench of a measured student is appended to the target's latency records, which the
+predictors calibrate on: the feedback loop, kept as data.
+"""
 
 from __future__ import annotations
 
@@ -12,25 +17,28 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.backends import get_backend
-from edgekd.export.stage import artifact_paths, load_models, onnx_path_for
 from edgekd.io import write_json
 from edgekd.latency.predicted import predicted_latency
+from edgekd.latency.records import append_record
+from edgekd.latency.source import MEASURED, Latency
 from edgekd.measure import cpu_name
 from edgekd.models import count_macs, count_params
+from edgekd.models.deployed import load_deployed_models
 from edgekd.models.student import is_derived, student_from_record
 from edgekd.remote import benchmark_on_target
+from edgekd.results import BenchResult, ModelBench, check_budget, to_plain
 from edgekd.run import RunContext
-from edgekd.target import baseline_precision, runtime_version, why_not_measurable
+from edgekd.target import runtime_version, why_not_measurable
 from edgekd.training import evaluate_accuracy
 
 log = logging.getLogger(__name__)
 
 
-def run(ctx: RunContext) -> dict[str, Any]:
+def run(ctx: RunContext) -> BenchResult:
     data, target, settings = ctx.data, ctx.target, ctx.recipe.bench
     backend = get_backend(target.backend)
-    search = ctx.result("search")
-    student_arch = search["chosen_arch"]
+    search, export = ctx.result("search"), ctx.result("export")
+    student_arch = search.chosen_arch
     student = student_from_record(ctx, student_arch)
     teacher_name = (ctx.teacher.arch or {}).get("name", "user model")  # TorchScript teachers have no record
     # (arch name, params, MACs) of the torch model behind each artifact
@@ -39,126 +47,95 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "student": (student_arch["name"], count_params(student), count_macs(student, data.input_shape)),
     }
     unmeasurable = why_not_measurable(target)
+    runtime_here = target.runner == "local" and unmeasurable is None
     if unmeasurable is not None:
         log.warning("bench: %s cannot run here (%s): latencies are PREDICTED from the device's published peaks, "
                     "accuracy is measured on the closest runnable stand-in", target.name, unmeasurable)
-    # The torch models are needed only to predict latency, or as the accuracy stand-in.
-    torch_models = load_models(ctx) if unmeasurable is not None or target.runner != "local" else None
-    models: dict[str, Any] = {}
+    models: dict[str, ModelBench] = {}
     remote_conditions: dict[str, Any] = {}
-    for key, path in artifact_paths(ctx).items():
-        precision = target.precision if key == "student_int8" else baseline_precision(target)
-        model = torch_models[key][0] if torch_models else None
-        # Latency is predicted from the float architecture at the precision: the fake-quantized
-        # copy's quantizer modules are not layers of the deployed network.
-        float_model = torch_models["student_fp32" if key == "student_int8" else key][0] if torch_models else None
+    deployed_models = load_deployed_models(ctx)
+    for key, (model, _, precision) in deployed_models.items():
+        path = ctx.run_dir / export.artifacts[key]  # where the artifact is, or would be had it been built here
         arch, params, macs = counts["teacher" if key == "teacher" else "student"]
-        entry = {"arch": arch, "precision": precision, "params": params, "macs": macs}
         if unmeasurable is None:
-            entry |= _measure(ctx, backend, _timed_artifact(target, path))
-            if "conditions" in entry:
-                remote_conditions = entry.pop("conditions")  # the device's CPU and runtime, not this machine's
+            latency, throughput, conditions = _measure(ctx, backend, backend.timed_path(path))
+            remote_conditions = conditions or remote_conditions  # the device's CPU and runtime, not this machine's
         else:
-            predicted = predicted_latency(target, float_model, tuple(data.input_shape), precision)
-            entry |= {"latency_ms": {"p50": predicted.ms, "p90": None, "p99": None}, "latency_source": predicted.label,
-                      "throughput_ips": None, "throughput_batch": settings.throughput_batch}
-        entry |= _accuracy(ctx, backend, path, model,
-                           runtime_elsewhere=target.runner != "local" or unmeasurable is not None)
-        entry |= _size(backend, path, ctx.run_dir)
-        models[key] = entry
-        p99 = entry["latency_ms"]["p99"]
-        log.info("bench: %-13s %s acc %.4f (%s)  p50 %.4f ms%s (%s)", key, precision, entry["accuracy"],
-                 entry["accuracy_source"], entry["latency_ms"]["p50"], f"  p99 {p99:.4f} ms" if p99 else "",
-                 entry["latency_source"])
-    deployed = models.get("student_int8", models["student_fp32"])
-    budget_ms = search["budget_ms"]
-    result = {
-        "models": models,
-        "budget_ms": budget_ms,
-        "budget_met": deployed["latency_ms"]["p50"] <= budget_ms,
-        "latency_source": deployed["latency_source"],
-        "speedup_p50": models["teacher"]["latency_ms"]["p50"] / deployed["latency_ms"]["p50"],
-        "conditions": conditions(ctx, backend) | remote_conditions,
-    }
-    if unmeasurable is not None:
-        result["not_measured"] = unmeasurable
-    if not result["budget_met"]:
-        log.warning("bench: the deployed student's p50 is %.4f ms (%s), over the budget of %.4f ms",
-                    deployed["latency_ms"]["p50"], deployed["latency_source"], budget_ms)
-    write_json(ctx.stage_dir("bench") / "bench.json", result)
+            # Predicted from the float architecture at the precision: the fake-quantized copy's
+            # quantizer modules are not layers of the deployed network.
+            float_model = deployed_models["student_fp32" if key == "student_int8" else key][0]
+            latency, throughput = predicted_latency(target, float_model, tuple(data.input_shape), precision), None
+        accuracy, accuracy_source = _accuracy(ctx, backend, path, model, runtime_here=runtime_here)
+        shown = path if path.exists() else backend.timed_path(path)
+        size_mb = backend.size_mb(path) if path.exists() else shown.stat().st_size / 1e6
+        models[key] = ModelBench(
+            arch=arch, precision=precision, params=params, macs=macs, latency=latency, throughput_ips=throughput,
+            throughput_batch=settings.throughput_batch, accuracy=accuracy, accuracy_source=accuracy_source,
+            size_mb=round(size_mb, 4), artifact=str(shown.relative_to(ctx.run_dir)),
+            size_of=None if path.exists() else f"{shown.name} (the artifact is built on the device)")
+        p99 = f"  p99 {latency.p99_ms:.4f} ms" if latency.p99_ms else ""
+        log.info("bench: %-13s %s acc %.4f (%s)  p50 %s%s", key, precision, accuracy, accuracy_source, latency, p99)
+    result = BenchResult(models=models, conditions=conditions_of(ctx, backend) | remote_conditions,
+                         not_measured=unmeasurable)
+    check = check_budget(search, result)
+    if not check.met:
+        log.warning("bench: the deployed student's p50 is %s, over the budget of %.4f ms", check.latency,
+                    check.budget_ms)
+    write_json(ctx.stage_dir("bench") / "bench.json", to_plain(result) | {
+        "budget_ms": check.budget_ms, "budget_met": check.met, "budget_met_source": check.latency.source,
+        "speedup_p50": result.speedup, "speedup_p50_source": result.speedup_source})
     # The records hold measurements only: a prediction must not calibrate predictions.
-    if unmeasurable is None and is_derived(student_arch):
+    if result.deployed.latency.measured and is_derived(student_arch):
         # Its record is a recipe applied to this teacher: without the teacher it names no
         # architecture, so nothing that reads the records (the predictors' calibration) could use it.
         log.info("bench: %s is cut from the teacher module; not added to the %s latency records",
                  student_arch["name"], target.name)
-    elif unmeasurable is None:
-        record_measurement(ctx, student_arch, deployed, result["conditions"])
+    elif result.deployed.latency.measured:
+        record_measurement(ctx, student_arch, result.deployed, result.conditions)
     return result
 
 
-def _timed_artifact(target, path: Path) -> Path:
-    """What the runtime times: the artifact, except a TensorRT engine that export could not build
-    here (a remote device): then the ONNX it is built from, which the device turns into an engine."""
-    if target.backend == "tensorrt" and not path.exists():
-        return onnx_path_for(path)
-    return path
-
-
-def _measure(ctx: RunContext, backend, path: Path) -> dict[str, Any]:
+def _measure(ctx: RunContext, backend, path: Path) -> tuple[Latency, float, dict[str, Any] | None]:
+    """Batch-1 latency and throughput at bench.throughput_batch, here or on the device over SSH
+    when the target names a runner (edgekd/remote); the device's conditions when remote."""
     settings, target = ctx.recipe.bench, ctx.target
-    # Here, or on the device over SSH when the target names a runner (edgekd/remote).
-    latency = benchmark_on_target(target, path, backend, settings.warmup, settings.runs, settings.threads)
+    stats = benchmark_on_target(target, path, backend, settings.warmup, settings.runs, settings.threads)
     batch = settings.throughput_batch
     bulk = benchmark_on_target(target, path, backend, max(1, settings.warmup // 5), settings.throughput_runs,
                                settings.threads, batch=batch)
-    entry = {"latency_ms": {"p50": latency.p50_ms, "p90": latency.p90_ms, "p99": latency.p99_ms},
-             "latency_source": "measured", "throughput_ips": round(batch / (bulk.p50_ms / 1000.0), 1),
-             "throughput_batch": batch}
-    if hasattr(latency, "conditions"):
-        entry["conditions"] = latency.conditions()
-    return entry
+    latency = Latency(stats.p50_ms, MEASURED, p90_ms=stats.p90_ms, p99_ms=stats.p99_ms)
+    conditions = stats.conditions() if hasattr(stats, "conditions") else None
+    return latency, round(batch / (bulk.p50_ms / 1000.0), 1), conditions
 
 
-def _accuracy(ctx: RunContext, backend, path: Path, model, *, runtime_elsewhere: bool) -> dict[str, Any]:
+def _accuracy(ctx: RunContext, backend, path: Path, model, *, runtime_here: bool) -> tuple[float, str]:
     """Test accuracy of the artifact in the target runtime; where that runtime is not here, of the
-    closest stand-in that runs here, named in accuracy_source."""
+    closest stand-in that runs here (the backend's, else the torch model), named in the source."""
     test = ctx.data.test
-    if path.exists() and not (runtime_elsewhere and ctx.target.backend in ("tensorrt", "coreml")):
-        return {"accuracy": backend.accuracy(path, test.x, test.y), "accuracy_source": f"{backend.NAME} artifact"}
-    if ctx.target.backend == "tensorrt":
-        onnx_path = onnx_path_for(path)  # the ONNX the engine is built from: Q/DQ for INT8
-        return {"accuracy": get_backend("onnx").accuracy(onnx_path, test.x, test.y),
-                "accuracy_source": f"onnxruntime on {onnx_path.name} (the engine's ONNX)"}
-    return {"accuracy": evaluate_accuracy(model, test),
-            "accuracy_source": "torch model the artifact was converted from (the runtime is not here)"}
+    if runtime_here and path.exists():
+        return backend.accuracy(path, test.x, test.y), f"{backend.NAME} artifact"
+    stand_in = backend.stand_in_accuracy(path, test.x, test.y)
+    if stand_in is not None:
+        return stand_in
+    return evaluate_accuracy(model, test), "torch model the artifact was converted from (the runtime is not here)"
 
 
-def _size(backend, path: Path, run_dir: Path) -> dict[str, Any]:
-    if path.exists():
-        return {"size_mb": round(backend.size_mb(path), 4), "artifact": str(path.relative_to(run_dir))}
-    onnx_path = onnx_path_for(path)
-    return {"size_mb": round(onnx_path.stat().st_size / 1e6, 4), "artifact": str(onnx_path.relative_to(run_dir)),
-            "size_of": "the ONNX (no engine built here)"}
-
-
-def record_measurement(ctx: RunContext, arch: dict[str, Any], deployed: dict[str, Any], conditions: dict[str, Any]) -> None:
+def record_measurement(ctx: RunContext, arch: dict[str, Any], deployed: ModelBench, conditions: dict[str, Any]) -> None:
     """The feedback loop: append (arch, predicted, measured, conditions) to the target's latency
     records, from which the predictor recalibrates on the next search."""
-    from edgekd.latency.records import append_record
-    from edgekd.search.stage import predicted_ms
-
     search = ctx.result("search")
+    estimate = search.chosen_estimate
     append_record(ctx.target.name, {
         "arch": {k: v for k, v in arch.items() if k != "name"}, "name": arch.get("name"),
         "input_shape": list(ctx.data.input_shape), "num_classes": ctx.data.num_classes,
-        "precision": deployed["precision"], "predicted_ms": predicted_ms(search),
-        "measured_p50_ms": deployed["latency_ms"]["p50"], "measured_p90_ms": deployed["latency_ms"]["p90"],
+        "precision": deployed.precision, "predicted_ms": None if estimate.measured else estimate.ms,
+        "predicted_source": None if estimate.measured else estimate.source,
+        "measured_p50_ms": deployed.latency.ms, "measured_p90_ms": deployed.latency.p90_ms,
         "source": "bench", "run_dir": str(ctx.run_dir), **conditions,
     })
 
 
-def conditions(ctx: RunContext, backend) -> dict[str, Any]:
+def conditions_of(ctx: RunContext, backend) -> dict[str, Any]:
     """What a latency number depends on, recorded beside it."""
     settings, target = ctx.recipe.bench, ctx.target
     result = {
@@ -173,15 +150,12 @@ def conditions(ctx: RunContext, backend) -> dict[str, Any]:
     if reason is not None:
         result |= {"device": f"{target.description} (not attached: latencies predicted)", "not_measured": reason,
                    "peaks_source": target.peaks.source}
-    elif target.backend == "tensorrt" and target.runner == "local":
-        from edgekd.backends.tensorrt.jetson import jetson_state
-
-        result |= jetson_state()  # nvpmodel mode, jetson_clocks, L4T/JetPack ("unknown" off a Jetson)
+    elif target.runner == "local":
+        result |= backend.device_conditions()  # e.g. a Jetson's power mode and clocks
     return result
 
 
-def summary(metrics: dict[str, Any]) -> str:
-    deployed = metrics["models"].get("student_int8", metrics["models"]["student_fp32"])
-    return (f"student {deployed['precision']} p50 {deployed['latency_ms']['p50']:.4f} ms, accuracy "
-            f"{deployed['accuracy']:.4f}; {metrics['speedup_p50']:.2f}x faster than the teacher; "
-            f"budget {'met' if metrics['budget_met'] else 'MISSED'}")
+def summary(result: BenchResult) -> str:
+    deployed = result.deployed
+    return (f"student {deployed.precision} p50 {deployed.latency}, accuracy {deployed.accuracy:.4f}; "
+            f"{result.speedup:.2f}x faster than the teacher ({result.speedup_source})")

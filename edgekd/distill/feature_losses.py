@@ -35,11 +35,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgekd.config import FEATURE_LOSSES
 from edgekd.errors import UserError
 
 log = logging.getLogger(__name__)
 
-FEATURE_LOSSES = ("fitnets", "at", "nd")
 # The weight of each loss in its reference configuration: mdistiller's CIFAR configs for FitNets
 # (FITNET.LOSS.FEAT_WEIGHT 100) and AT (AT.LOSS.FEAT_WEIGHT 1000, p = 2), the ND authors'
 # nd_loss_factor 1.0. Used when the recipe leaves distill.feature_weight null.

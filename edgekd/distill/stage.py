@@ -32,10 +32,10 @@ from edgekd.distill.feature_losses import choose_layer_pairs
 from edgekd.distill.losses import make_kd_loss
 from edgekd.distill.student_init import check_init, initialise_student_
 from edgekd.distill.teacher_outputs import TeacherOutputCache
-from edgekd.errors import UserError
-from edgekd.io import write_json
+from edgekd.io import save_torch, write_json
 from edgekd.models.student import student_from_record
 from edgekd.quantizers import get_quantizer
+from edgekd.results import DistillResult
 from edgekd.run import RunContext
 from edgekd.training import evaluate_accuracy, fit
 
@@ -43,27 +43,17 @@ log = logging.getLogger(__name__)
 
 FP32_CHECKPOINT = "student_fp32.pt"
 INT8_CHECKPOINT = "student_int8.pt"
-INT8_MODES = ("qat", "ptq")
 
 
-def check_distill_settings(settings: Any) -> None:
-    """Fail before any work on settings that cannot be right."""
-    if settings.mode not in INT8_MODES:
-        raise UserError(f"distill.mode {settings.mode!r} is unknown; known: {', '.join(INT8_MODES)}")
-    if settings.sensitivity_threshold_pt is not None and settings.sensitivity_threshold_pt < 0:
-        raise UserError("distill.sensitivity_threshold_pt must be >= 0 accuracy points")
-
-
-def run(ctx: RunContext) -> dict[str, Any]:
+def run(ctx: RunContext) -> DistillResult:
     settings = ctx.recipe.distill
     objective = make_kd_loss(settings.loss, settings)  # an unknown name fails before any work
     check_init(settings.init)
     data = ctx.data
-    arch = ctx.result("search")["chosen_arch"]
+    arch = ctx.result("search").chosen_arch
     out_dir = ctx.stage_dir("distill")
     teacher = ctx.teacher
 
-    check_distill_settings(settings)
     calibration = calibration_inputs(ctx)  # a bad manifest fails before training, not after
     torch.manual_seed(ctx.spec.seed)
     student = student_from_record(ctx, arch)
@@ -88,38 +78,37 @@ def run(ctx: RunContext) -> dict[str, Any]:
                    batch_size=settings.batch_size, patience=settings.patience, seed=ctx.spec.seed,
                    weight_decay=settings.weight_decay, desc="distill fp32", extra_modules=extra,
                    augment=teacher_outputs.inputs)
-    torch.save(student.state_dict(), out_dir / FP32_CHECKPOINT)
-    metrics: dict[str, Any] = {
-        "arch": arch["name"], "teacher_val_accuracy": teacher.val_accuracy,
-        "fp32_val_accuracy": fp32.best_val_accuracy, "fp32_epochs": fp32.epochs_run,
-        "fp32_history": fp32.history, "loss": settings.loss, "init": init,
-        "teacher_cache": str(teacher_outputs.directory), "augment": settings.augment,
-    }
+    save_torch(student.state_dict(), out_dir / FP32_CHECKPOINT)
+    result = DistillResult(
+        arch=arch["name"], teacher_val_accuracy=teacher.val_accuracy, fp32_val_accuracy=fp32.best_val_accuracy,
+        fp32_epochs=fp32.epochs_run, fp32_history=fp32.history, loss=settings.loss, init=init,
+        teacher_cache=str(teacher_outputs.directory), augment=settings.augment,
+        fp32_checkpoint=f"distill/{FP32_CHECKPOINT}",
+    )
     if features is not None:
-        metrics["feature_kd"] = {"loss": features.kind, "weight": features.weight,
-                                 "student_layers": features.pairs.student,
-                                 "teacher_layers": features.pairs.teacher}
+        result.feature_kd = {"loss": features.kind, "weight": features.weight,
+                             "student_layers": features.pairs.student, "teacher_layers": features.pairs.teacher}
     if ctx.target.precision == "int8":
         quantizer = get_quantizer(ctx.target.quantizer)
-        int8_model = quantize_student(ctx, student, calibration, metrics)  # a copy: student stays fp32
-        metrics["int8_ptq_val_accuracy"] = evaluate_accuracy(int8_model, data.val)
-        metrics.update({"int8_mode": settings.mode, "quantizer": ctx.target.quantizer,
-                        "calibration": settings.calibration or f"first {len(calibration)} training images"})
+        int8_model = quantize_student(ctx, student, calibration, result)  # a copy: student stays fp32
+        result.int8_ptq_val_accuracy = evaluate_accuracy(int8_model, data.val)
+        result.int8_mode, result.quantizer = settings.mode, ctx.target.quantizer
+        result.calibration = settings.calibration or f"first {len(calibration)} training images"
         if settings.mode == "qat":
             with _watched(features, int8_model):  # the same layer names in the fake-quantized copy
                 qat = fit(int8_model, data.train, data.val, kd_loss, epochs=settings.qat_epochs, lr=settings.qat_lr,
                           batch_size=settings.batch_size, patience=settings.patience, seed=ctx.spec.seed,
                           weight_decay=settings.weight_decay, desc="distill int8 (QAT)", extra_modules=extra,
                           augment=teacher_outputs.inputs)
-            metrics.update({"int8_val_accuracy": qat.best_val_accuracy, "int8_epochs": qat.epochs_run,
-                            "int8_history": qat.history})
+            result.int8_val_accuracy, result.int8_epochs, result.int8_history = (
+                qat.best_val_accuracy, qat.epochs_run, qat.history)
         else:
-            metrics.update({"int8_val_accuracy": metrics["int8_ptq_val_accuracy"], "int8_epochs": 0,
-                            "int8_history": []})
+            result.int8_val_accuracy, result.int8_epochs, result.int8_history = result.int8_ptq_val_accuracy, 0, []
         quantizer.save_int8(int8_model, out_dir / INT8_CHECKPOINT)
+        result.int8_checkpoint = f"distill/{INT8_CHECKPOINT}"
     if features is not None:
         features.close()
-    return metrics
+    return result
 
 
 def calibration_inputs(ctx: RunContext) -> torch.Tensor:
@@ -132,7 +121,7 @@ def calibration_inputs(ctx: RunContext) -> torch.Tensor:
 
 
 def quantize_student(ctx: RunContext, student: torch.nn.Module, calibration: torch.Tensor,
-                     metrics: dict[str, Any]) -> torch.nn.Module:
+                     result: DistillResult) -> torch.nn.Module:
     """The target quantizer's PTQ of the student; with a sensitivity threshold, the layers whose
     INT8 costs more than it stay float (report: distill/sensitivity.json)."""
     settings = ctx.recipe.distill
@@ -144,9 +133,9 @@ def quantize_student(ctx: RunContext, student: torch.nn.Module, calibration: tor
         student, calibration, ctx.data.val, target=ctx.target, threshold_pt=settings.sensitivity_threshold_pt,
         layers=settings.sensitivity_layers, workdir=ctx.stage_dir("distill") / "sensitivity")
     write_json(ctx.stage_dir("distill") / "sensitivity.json", report)
-    metrics["int8_excluded"] = report["excluded"]
-    metrics["sensitivity"] = {"threshold_pt": settings.sensitivity_threshold_pt, "excluded": report["excluded"],
-                              "latency": report.get("latency")}
+    result.int8_excluded = report["excluded"]
+    result.sensitivity = {"threshold_pt": settings.sensitivity_threshold_pt, "excluded": report["excluded"],
+                          "latency": report.get("latency")}
     return model
 
 
@@ -167,8 +156,8 @@ def _watched(features: FeatureDistiller | None, model: torch.nn.Module):
     return features.watch(model) if features is not None else contextlib.nullcontext()
 
 
-def summary(metrics: dict[str, Any]) -> str:
-    text = f"{metrics['arch']}: fp32 val accuracy {metrics['fp32_val_accuracy']:.4f}"
-    if "int8_val_accuracy" in metrics:
-        text += f", int8 val accuracy {metrics['int8_val_accuracy']:.4f}"
-    return text + f" (teacher {metrics['teacher_val_accuracy']:.4f})"
+def summary(result: DistillResult) -> str:
+    text = f"{result.arch}: fp32 val accuracy {result.fp32_val_accuracy:.4f}"
+    if result.int8_val_accuracy is not None:
+        text += f", int8 val accuracy {result.int8_val_accuracy:.4f}"
+    return text + f" (teacher {result.teacher_val_accuracy:.4f})"

@@ -4,8 +4,6 @@ when it has some. Every value carries a label that starts with "predicted"."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from edgekd.latency.analytical import (
@@ -13,28 +11,22 @@ from edgekd.latency.analytical import (
     predict_latency_ms,
     required_peaks,
 )
+from edgekd.latency.source import ANALYTICAL, Latency
 from edgekd.target import Target, baseline_precision, why_not_measurable
 
 
-@dataclass
-class PredictedLatency:
-    ms: float
-    label: str  # always starts with "predicted"
-
-
 def predicted_latency(target: Target, model: torch.nn.Module, input_shape: tuple[int, ...],
-                      precision: str) -> PredictedLatency:
+                      precision: str) -> Latency:
     """Batch-1 latency from the analytical estimate (edgekd/latency/analytical.py: the device's
     published peaks), scaled by the target's measured records when there are any."""
     estimate = predict_latency_ms(model, tuple(input_shape), target, precision)
     factor = records_factor(target, tuple(input_shape), precision)
-    # The label stays short (it is printed beside every number); the peaks' source is recorded
-    # once, in the bench conditions and the report.
+    # The peaks' source is recorded once, in the bench conditions and the report.
     if factor is None:
-        return PredictedLatency(ms=estimate.total_ms, label="predicted (analytical)")
+        return Latency(estimate.total_ms, ANALYTICAL, detail="from the device's published peaks")
     scale, count = factor
-    return PredictedLatency(ms=estimate.total_ms * scale,
-                            label=f"predicted (analytical x {scale:.3g} from {count} measured records)")
+    return Latency(estimate.total_ms * scale, ANALYTICAL,
+                   detail=f"from the device's published peaks, x {scale:.3g} from {count} measured records")
 
 
 _FACTORS: dict[tuple, tuple[float, int] | None] = {}

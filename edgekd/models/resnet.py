@@ -1,7 +1,8 @@
 """A small ResNet family (basic blocks) for images of any size, used for teachers and students.
 
-Defined here instead of imported from torchvision: torchvision does not import beside the CPU
-torch build edgekd installs (see ENVIRONMENT.md), and a family we own is one we can search.
+Defined here instead of imported from torchvision: torchvision's wheel from the package index
+does not import beside the CPU torch build edgekd installs (`RuntimeError: operator
+torchvision::nms does not exist`), and a family we own is one we can search.
 """
 
 from __future__ import annotations

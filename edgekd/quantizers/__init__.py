@@ -15,6 +15,9 @@ _MODULES = {
 }
 
 
+QUANTIZERS = tuple(_MODULES)
+
+
 def get_quantizer(name: str) -> ModuleType:
     if name not in _MODULES:
         raise UserError(f"unknown quantizer {name!r}; known: {', '.join(sorted(_MODULES))}")

@@ -4,8 +4,8 @@ Variants of one model are exported as the target deploys them and timed side by 
 the float model, the all-INT8 model, the final model (every exclusion), and for each excluded
 layer the all-INT8 model with only that layer in float. A layer's cost is the median over
 `rounds` of p50(INT8 + layer float) - p50(all INT8) taken in the same round; each round times the
-variants in a rotated order, so slow drift on a busy machine hits every variant alike (DESIGN.md:
-compare variants as ratios measured in one run). Where the backend cannot run here (TensorRT
+variants in a rotated order, so slow drift on a busy machine hits every variant alike (variants
+are compared as ratios measured in one run). Where the backend cannot run here (TensorRT
 without a GPU, Core ML off macOS, a remote runner) nothing is timed and the report says
 "not measured (reason)".
 """

@@ -10,7 +10,7 @@ the copy afterwards with the KD loss is QAT, gradients passing the rounding stra
 
 Saved as one weights-only torch file: the state dict and ModelOpt's own state (plain data), so
 loading never unpickles code. `export_onnx` writes the Q/DQ ONNX TensorRT builds from, and
-`compare_with_onnxruntime` checks it against the torch model.
+`edgekd.backends.onnx.compare_with_torch` checks it against the torch model.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -254,36 +253,6 @@ def export_onnx(
             + (f"non-standard ops {custom}" if custom else problems[0])
         )
     return path
-
-
-def compare_with_onnxruntime(
-    model: nn.Module, onnx_path: Path, x: torch.Tensor, *, batch_size: int = 256
-) -> dict[str, float]:
-    """How closely onnxruntime's run of the exported ONNX follows the fake-quantized torch model
-    on `x`: max absolute logit difference and the fraction of samples with the same top-1."""
-    from edgekd.backends import onnx as onnx_backend
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            expected = torch.cat([model(x[s : s + batch_size]) for s in range(0, len(x), batch_size)])
-    finally:
-        model.train(was_training)
-    expected = expected.numpy()
-    actual = onnx_backend.predict_logits(onnx_path, x, batch_size=batch_size)
-    result = {
-        "max_abs_diff": float(np.max(np.abs(actual - expected))),
-        "argmax_agreement": float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1))),
-        "samples": len(x),
-    }
-    log.info(
-        "onnxruntime vs torch (modelopt int8) on %d samples: max |diff| %.3g, top-1 agreement %.4f",
-        result["samples"],
-        result["max_abs_diff"],
-        result["argmax_agreement"],
-    )
-    return result
 
 
 def version() -> str:

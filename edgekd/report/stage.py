@@ -1,86 +1,126 @@
 """Turn a run into what a product team reads: report.json (an interface for other tools; keys are
-stable) and report.md (the same as tables, plus the command that reproduces the run)."""
+stable) and report.md (the same as tables, plus the command that reproduces the run).
+
+Every latency in report.json sits beside its source: models.<role>.latency_source, and for the
+numbers derived from latencies, budget_met_source and speedup_p50_source (edgekd/latency/source.py).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import platform
 from typing import Any
 
-from edgekd.io import write_json
+from edgekd.io import write_json, write_text
+from edgekd.latency.source import Latency
 from edgekd.measure import cpu_name
+from edgekd.report.markdown import render_markdown
+from edgekd.results import (
+    BenchResult,
+    ModelBench,
+    ReportResult,
+    SearchResult,
+    check_budget,
+)
 from edgekd.run import RunContext
-from edgekd.search.stage import predicted_ms
 from edgekd.version import __version__
 
-MODEL_LABELS = {"teacher": "teacher", "student_fp32": "student fp32", "student_int8": "student INT8"}
+# The report's export section: what a team needs to deploy or trust the artifacts.
+EXPORT_KEYS = ("engine_build_commands", "engine_build_script", "engines_built", "engines_not_built_reason",
+               "artifact_checks")
 
 
-def run(ctx: RunContext) -> dict[str, Any]:
+def run(ctx: RunContext) -> ReportResult:
     report = build_report(ctx)
     write_json(ctx.run_dir / "report.json", report)
-    (ctx.run_dir / "report.md").write_text(render_markdown(report))
-    return {"report_json": "report.json", "report_md": "report.md", "budget_met": report["budget_met"]}
+    write_text(ctx.run_dir / "report.md", render_markdown(report))
+    return ReportResult(report_json="report.json", report_md="report.md", budget_met=report["budget_met"],
+                        budget_met_source=report["budget_met_source"])
 
 
 def build_report(ctx: RunContext) -> dict[str, Any]:
-    bench = ctx.result("bench")
-    stages = {name: _stage_summary(metrics) for name, metrics in ctx.state.completed.items()}
+    search: SearchResult = ctx.result("search")
+    bench: BenchResult = ctx.result("bench")
+    check = check_budget(search, bench)
     data = ctx.data.summary()
     return {
         "edgekd_version": __version__,
         "target": ctx.target.name,
-        "budget_ms": bench["budget_ms"],
-        "budget_source": ctx.result("search")["budget_source"],
-        "budget_met": bench["budget_met"],
-        "speedup_p50": round(bench["speedup_p50"], 3),
+        "budget_ms": check.budget_ms,
+        "budget_source": search.budget.origin,
+        "budget_met": check.met,
+        "budget_met_source": check.latency.source,
+        "speedup_p50": round(bench.speedup, 3),
+        "speedup_p50_source": bench.speedup_source,
         "dataset": {k: data[k] for k in ("name", "n_train", "n_val", "n_test", "input_shape", "source")},
         "teacher_source": ctx.teacher.source,
-        "search": search_summary(ctx.result("search"), bench),
-        "export": {k: v for k, v in ctx.result("export").items()
-                   if k in ("engine_build_commands", "engine_build_script", "engines_built", "coreml_checks",
-                            "qdq_onnx_checks")},
-        "models": bench["models"],
-        "stages": stages,
-        "conditions": bench["conditions"],
+        "search": search_summary(search, bench),
+        "export": {k: v for k, v in ctx.result("export").details.items() if k in EXPORT_KEYS},
+        "models": {key: model_entry(model) for key, model in bench.models.items()},
+        "stages": {name: stage_summary(ctx.result(name)) for name in ctx.state.completed if name != "report"},
+        "conditions": bench.conditions,
         "environment": environment(),
         "command": ctx.spec.command,
         "run_dir": str(ctx.run_dir),
     }
 
 
-def search_summary(search: dict[str, Any], bench: dict[str, Any]) -> dict[str, Any]:
+def model_entry(model: ModelBench) -> dict[str, Any]:
+    entry = dataclasses.asdict(model)
+    latency = entry.pop("latency")
+    return entry | {"latency_ms": {"p50": latency["ms"], "p90": latency["p90_ms"], "p99": latency["p99_ms"]},
+                    "latency_source": latency["source"], "latency_detail": latency["detail"]}
+
+
+def latency_fields(prefix: str, latency: Latency | None) -> dict[str, Any]:
+    """`<prefix>_ms` and `<prefix>_source` (None, None when there is no such latency)."""
+    return {f"{prefix}_ms": latency.ms if latency else None, f"{prefix}_source": latency.source if latency else None}
+
+
+def search_summary(search: SearchResult, bench: BenchResult) -> dict[str, Any]:
     """How the student was chosen: the front, the finalists measured, and every attempt (a
     student whose artifact missed the budget, then the next one tried)."""
-    deployed = bench["models"].get("student_int8", bench["models"]["student_fp32"])
-    final = {"student": search["chosen"], "predicted_ms": predicted_ms(search),
-             "search_measured_ms": search["chosen_p50_ms"], "bench_p50_ms": deployed["latency_ms"]["p50"],
-             "accuracy": deployed["accuracy"], "budget_ms": bench["budget_ms"], "budget_met": bench["budget_met"]}
-    return {key: search.get(key) for key in ("score", "latency", "trials", "candidates", "fitting", "limit_ms",
-                                             "study", "front", "finalists", "chosen")} | {
-        "attempts": [*search.get("attempts", []), final],
+    check = check_budget(search, bench)
+    rows = [_attempt_row(a.student, a.search_latency, a.bench_latency, a.accuracy, a.budget_ms, a.budget_met)
+            for a in search.attempts]
+    rows.append(_attempt_row(search.chosen, search.chosen_latency, bench.deployed.latency, bench.deployed.accuracy,
+                             check.budget_ms, check.met))
+    return {
+        "score": search.score, "latency": search.latency_mode, "trials": search.trials,
+        "candidates": search.candidates, "fitting": search.fitting, "limit_ms": search.limit_ms, "study": search.study,
+        "front": [{"name": p.name, "score": p.score, "latency_ms": p.latency.ms, "latency_source": p.latency.source,
+                   "params": p.params} for p in search.front],
+        "finalists": [{"name": f.name, "fits": f.fits, "not_measured": f.not_measured,
+                       **latency_fields("estimate", f.estimate), **latency_fields("measured", f.measured)}
+                      for f in search.finalists],
+        "chosen": search.chosen,
+        "attempts": rows,
     }
 
 
-def findings(report: dict[str, Any]) -> list[str]:
-    """Plain statements a product team needs and might miss in the table."""
-    models = report["models"]
-    found = []
-    if not report["budget_met"]:
-        deployed = models.get("student_int8", models["student_fp32"])
-        verb = "measures" if _measured(deployed) else "is predicted at"
-        found.append(f"- **Budget missed**: the deployed student {verb} {deployed['latency_ms']['p50']:.4f} ms "
-                     f"p50, over {report['budget_ms']:.4f} ms.")
-    if "student_int8" in models:
-        int8, fp32 = models["student_int8"], models["student_fp32"]
-        if int8["latency_ms"]["p50"] >= fp32["latency_ms"]["p50"]:
-            found.append(f"- **INT8 is not faster than fp32** for this student here "
-                         f"({int8['latency_ms']['p50']:.4f} vs {fp32['latency_ms']['p50']:.4f} ms p50): "
-                         "at small inputs per-call overhead dominates; deploy fp32 unless size matters.")
-        drop = fp32["accuracy"] - int8["accuracy"]
-        if drop > 0.01:
-            found.append(f"- INT8 costs {drop * 100:.2f} points of accuracy against the fp32 student.")
-    return [*found, ""] if found else []
+def _attempt_row(student: str, search_latency: Latency, bench_latency: Latency, accuracy: float, budget_ms: float,
+                 met: bool) -> dict[str, Any]:
+    return {"student": student, "predicted_ms": None if search_latency.measured else search_latency.ms,
+            "search_measured_ms": search_latency.ms if search_latency.measured else None,
+            "search_latency_source": search_latency.source, "bench_p50_ms": bench_latency.ms,
+            "bench_latency_source": bench_latency.source, "accuracy": accuracy, "budget_ms": budget_ms,
+            "budget_met": met}
+
+
+def stage_summary(result: Any, prefix: str = "") -> dict[str, Any]:
+    """A stage's scalar fields, and those of a nested record such as the search's budget
+    (histories and lists stay in the run dir); a latency as `<name>_ms` with `<name>_source` beside it."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(result):
+        value, name = getattr(result, f.name), prefix + f.name
+        if isinstance(value, Latency):
+            out |= latency_fields(name, value)
+        elif dataclasses.is_dataclass(value):
+            out |= stage_summary(value, prefix=f"{name}_")
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            out[name] = value
+    return out
 
 
 def environment() -> dict[str, str]:
@@ -96,145 +136,5 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def _stage_summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Keep scalar metrics of each stage (histories and nested tables stay in the run dir)."""
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    models = report["models"]
-    teacher_p50 = models["teacher"]["latency_ms"]["p50"]
-    data = report["dataset"]
-    cond = report["conditions"]
-    lines = [
-        f"# edgekd report: {report['target']}",
-        "",
-        f"Budget: **{report['budget_ms']:.4f} ms** p50 at batch 1 ({report['budget_source']}) — "
-        f"**{'met' if report['budget_met'] else 'MISSED'}**"
-        f"{'' if all(_measured(m) for m in models.values()) else ' (on PREDICTED latency: the device is not attached)'}.",
-        f"Dataset: {data['name']} ({data['n_train']} train / {data['n_val']} val / {data['n_test']} test, "
-        f"input {'x'.join(map(str, data['input_shape']))}). Teacher: {report['teacher_source']}.",
-        "",
-        "| model | arch | precision | test accuracy | p50 ms | p99 ms | speed-up vs teacher (p50) "
-        f"| throughput img/s (batch {models['teacher']['throughput_batch']}) | size MB | params | MMACs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for key, label in MODEL_LABELS.items():
-        if key not in models:
-            continue
-        m = models[key]
-        macs = f"{m['macs'] / 1e6:.2f}" if m["macs"] is not None else "n/a"
-        p50 = f"{m['latency_ms']['p50']:.4f}" + ("" if _measured(m) else " (predicted)")
-        lines.append(
-            f"| {label} | {m['arch']} | {m['precision']} | {m['accuracy'] * 100:.2f}% | {p50} "
-            f"| {_ms(m['latency_ms']['p99'])} | {teacher_p50 / m['latency_ms']['p50']:.2f}x "
-            f"| {_number(m['throughput_ips'], '.0f')} | {m['size_mb']:.3f} | {m['params']:,} | {macs} |"
-        )
-    lines += ["", *measurement_notes(report), ""]
-    lines += [
-        *findings(report),
-        *render_search(report.get("search") or {}),
-        "## Stages",
-        "",
-        "| stage | seconds | notes |",
-        "|---|---|---|",
-    ]
-    for name, metrics in report["stages"].items():
-        notes = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k != "seconds")
-        lines.append(f"| {name} | {metrics.get('seconds', '')} | {notes} |")
-    env = report["environment"]
-    lines += [
-        "",
-        "## Measurement conditions",
-        "",
-        f"{cond['runtime']} on {cond['device']}, {cond['runtime_precision']}, {cond['threads']} threads, "
-        f"{cond['warmup']} warm-up + {cond['runs']} timed runs at batch 1, measured {cond['date']}.",
-        f"Python {env['python']}, torch {env['torch']}, openvino {env['openvino']}, nncf {env['nncf']}, "
-        f"onnxruntime {env['onnxruntime']}, edgekd {report['edgekd_version']}.",
-        "",
-        "## Reproduce",
-        "",
-        "```",
-        report["command"],
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _measured(model: dict[str, Any]) -> bool:
-    return model.get("latency_source", "measured") == "measured"  # runs before sources were recorded: measured
-
-
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def _number(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
-def measurement_notes(report: dict[str, Any]) -> list[str]:
-    """Where each number comes from: measured on the artifact, or predicted (labelled), and what
-    stood in for the runtime where it is not here."""
-    models = report["models"]
-    notes = []
-    if all(_measured(m) for m in models.values()):
-        notes.append("Latencies are measured (not predicted), all in this one run, so ratios are comparable.")
-    else:
-        sources = sorted({m["latency_source"] for m in models.values() if not _measured(m)})
-        notes.append(f"**Latencies are PREDICTED, not measured**: {report['conditions'].get('not_measured', '')}. "
-                     f"Source: {'; '.join(sources)}. Peak figures: {report['conditions'].get('peaks_source', 'n/a')}.")
-    accuracy_sources = sorted({m.get("accuracy_source", "artifact") for m in models.values()})
-    notes.append(f"Accuracy is measured on the test split by running: {'; '.join(accuracy_sources)}.")
-    export = report.get("export") or {}
-    if export.get("engine_build_commands"):
-        built = "were built and timed here" if export.get("engines_built") else "were NOT built here"
-        notes += ["", f"TensorRT engines {built}. Build them on the device from the run dir with "
-                  f"`sh {export['engine_build_script']}`:", "", "```",
-                  *export["engine_build_commands"], "```"]
-    for key, check in (export.get("qdq_onnx_checks") or {}).items():
-        notes.append(f"Q/DQ ONNX of {key} in onnxruntime vs the fake-quantized torch model: argmax agreement "
-                     f"{check['argmax_agreement'] * 100:.2f}% on {check['samples']} test images, "
-                     f"max |logit diff| {check['max_abs_diff']:.3g}.")
-    for key, check in (export.get("coreml_checks") or {}).items():
-        ops = ", ".join(f"{name} x{count}" for name, count in sorted(check["ops"].items()))
-        notes.append(f"CoreML {key}: spec validated; ops: {ops}.")
-    return notes
-
-
-def render_search(search: dict[str, Any]) -> list[str]:
-    if search.get("front") is None:  # a run made before the search kept its front
-        return []
-    lines = [
-        "## Student search",
-        "",
-        f"{search['trials']} trials over {search['candidates']} distinct architectures, scored by "
-        f"**{search['score']}** (no training), latency **{search['latency']}** on the target; "
-        f"{search['fitting']} within {search['limit_ms']:.4f} ms (budget x margin). Pareto front, best score first "
-        "(a latency marked predicted comes from the target's latency table or, for a device that is not attached, "
-        "from its published peaks; it is not a measurement):",
-        "",
-        "| # | student | score | latency ms | params |",
-        "|---|---|---|---|---|",
-    ]
-    for index, point in enumerate(search["front"]):
-        chosen = " (chosen)" if point["name"] == search["chosen"] else ""
-        lines.append(f"| {index} | {point['name']}{chosen} | {point['score']:.4g} | {point['latency_ms']:.4f} "
-                     f"{point['latency_source']} | {point['params']:,} |")
-    lines += ["", "| attempt | student | predicted ms | measured in search ms | measured in bench ms | accuracy "
-              "| budget |", "|---|---|---|---|---|---|---|"]
-    for number, attempt in enumerate(search["attempts"], 1):
-        predicted = f"{attempt['predicted_ms']:.4f}" if attempt.get("predicted_ms") is not None else "n/a"
-        lines.append(f"| {number} | {attempt['student']} | {predicted} | {_ms(attempt['search_measured_ms'])} "
-                     f"| {attempt['bench_p50_ms']:.4f} | {attempt['accuracy'] * 100:.2f}% "
-                     f"| {'met' if attempt['budget_met'] else 'missed'} |")
-    return [*lines, ""]
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def summary(metrics: dict[str, Any]) -> str:
-    return f"wrote {metrics['report_json']} and {metrics['report_md']}"
+def summary(result: ReportResult) -> str:
+    return f"wrote {result.report_json} and {result.report_md}"

@@ -18,6 +18,7 @@ from typing import Any
 
 from edgekd import interrupt
 from edgekd.errors import UserError
+from edgekd.latency.source import ANALYTICAL, EXTRAPOLATED, TABLE, Latency
 from edgekd.measure import progress
 from edgekd.search.space import record_key
 
@@ -34,12 +35,23 @@ class Evaluation:
     name: str
     score: float
     latency_ms: float
-    latency_source: str  # "predicted", "predicted (extrapolated)" or "measured"
+    latency_source: str  # one of edgekd.latency.source.SOURCES
     params: int
     macs: int | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def latency(self) -> Latency:
+        return Latency(self.latency_ms, _current_source(self.latency_source))
+
+
+def _current_source(label: str) -> str:
+    """A shared study may hold labels from edgekd 0.1, before the four sources were named."""
+    if label.startswith("predicted (analytical"):
+        return ANALYTICAL
+    return {"predicted": TABLE, "predicted (extrapolated)": EXTRAPOLATED}.get(label, label)
 
 
 def open_study(url: str, study_name: str, *, seed: int, population: int = 16):

@@ -13,6 +13,7 @@ from typing import Any
 
 from edgekd.latency.lut import LatencyTable, build_lut, table_path
 from edgekd.latency.predictor import LatencyPredictor
+from edgekd.latency.source import EXTRAPOLATED, TABLE, Latency
 from edgekd.models.blocks import block_key
 from edgekd.run import RunContext
 from edgekd.search.space import space_block_specs
@@ -21,15 +22,18 @@ log = logging.getLogger(__name__)
 
 
 class SearchLatency:
-    """predict_with_source(record) -> (ms, label); the label says "predicted" always, and
-    "(extrapolated)" when some block was not in the table."""
+    """predict(record) -> Latency from the table ("predicted (table)"), or "extrapolated" when
+    some of its blocks were not in the table."""
 
     def __init__(self, predictor: LatencyPredictor):
         self.predictor = predictor
 
-    def predict_with_source(self, record: dict[str, Any]) -> tuple[float, str]:
+    def predict(self, record: dict[str, Any]) -> Latency:
         ms = self.predictor.predict_ms(record)
-        return ms, "predicted (extrapolated)" if self.predictor.last_missing else "predicted"
+        missing = self.predictor.last_missing
+        if missing:
+            return Latency(ms, EXTRAPOLATED, detail=f"{len(missing)} block(s) not in the latency table")
+        return Latency(ms, TABLE)
 
 
 def has_table(ctx: RunContext) -> bool:

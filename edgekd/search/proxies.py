@@ -59,12 +59,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgekd.config import SCORES
 from edgekd.errors import UserError
 from edgekd.models import count_macs, count_params
 
 log = logging.getLogger(__name__)
 
-PROXIES: tuple[str, ...] = ("diswot", "naswot", "synflow", "params", "macs")
+PROXIES: tuple[str, ...] = SCORES  # the names the recipe allows (edgekd/config.py)
 TEACHER_FREE: tuple[str, ...] = tuple(p for p in PROXIES if p != "diswot")
 TEACHER_WEIGHTS: tuple[str, ...] = ("random", "trained")
 

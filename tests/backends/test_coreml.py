@@ -14,7 +14,7 @@ from edgekd.errors import UserError
 pytest.importorskip(
     "coremltools", reason="coremltools is not installed (pip install 'edgekd[coreml]')"
 )
-cmb = pytest.importorskip("edgekd.backends.coreml")
+from edgekd.backends import coreml as cmb  # noqa: E402 - after the skip: it imports coremltools
 
 METADATA = {"teacher": "resnet_l", "arch": "tiny", "note": 'odd "chars" & <more>'}
 ON_MACOS = platform.system() == "Darwin"

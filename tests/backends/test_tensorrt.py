@@ -24,7 +24,7 @@ from edgekd.backends.tensorrt.trtexec_output import (
 from edgekd.errors import MissingDependencyError, UserError
 
 DATA = Path(__file__).parent / "data"
-HAVE_TENSORRT = trtb.trt is not None or trtx.find_trtexec() is not None
+HAVE_TENSORRT = tensorrt_api.trt is not None or trtx.find_trtexec() is not None
 needs_tensorrt = pytest.mark.skipif(
     not HAVE_TENSORRT,
     reason="TensorRT is not installed on this machine (no wheel reachable, no GPU)",
@@ -241,7 +241,7 @@ def test_jetson_state_parses_release_file(tmp_path, monkeypatch):
 def no_tensorrt(monkeypatch):
     # trt is looked up in backends.tensorrt; trtexec (shutil.which, then the fallback paths) in
     # backends.tensorrt_trtexec, whose fallback paths backends.tensorrt also reads for its message.
-    monkeypatch.setattr(trtb, "trt", None)
+    monkeypatch.setattr(tensorrt_api, "trt", None)
     monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None)
     monkeypatch.setattr(trtx, "_TRTEXEC_FALLBACK_PATHS", ())
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from labels import unlabelled_latencies
 from tiny_recipe import tiny_args
 
 from edgekd.cli import main
@@ -39,7 +40,7 @@ def test_jetson_orin_writes_a_tensorrt_ready_qdq_onnx_checked_in_onnxruntime(ori
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert qdq_problems(model) == []
     export = json.loads((orin_run / "state.json").read_text())["completed"]["export"]
-    check = export["qdq_onnx_checks"]["student_int8"]
+    check = export["details"]["artifact_checks"]["student_int8"]
     assert check["argmax_agreement"] >= 0.98 and check["samples"] == 270
 
 
@@ -53,8 +54,10 @@ def test_jetson_orin_latency_is_predicted_and_labelled_and_accuracy_comes_from_o
     assert report["models"]["student_int8"]["precision"] == "int8"
     assert "not attached" in report["conditions"]["device"]
     assert "Jetson AGX Orin" in report["conditions"]["peaks_source"]
+    assert report["budget_met_source"] == report["speedup_p50_source"] == "predicted (analytical)"
     text = (orin_run / "report.md").read_text()
     assert "Latencies are PREDICTED, not measured" in text and "(predicted)" in text
+    assert "timed runs" not in text and "Nothing was timed" in text
     # A prediction must never calibrate later predictions: no record was appended.
     from edgekd.latency.records import load_records
 
@@ -76,9 +79,10 @@ def test_jetson_orin_writes_the_exact_engine_build_commands_for_the_device(orin_
 def test_apple_m_writes_validated_w8a8_ml_programs(tmp_path_factory):
     run = _compress(tmp_path_factory, "apple-m")
     export = json.loads((run / "state.json").read_text())["completed"]["export"]
-    checks = export["coreml_checks"]
+    checks = export["details"]["artifact_checks"]
     assert set(checks) == {"teacher", "student_fp32", "student_int8"}
-    assert all(check["valid"] for check in checks.values())
+    # validated against the data: batch-1 input of its shape, one logit per class
+    assert all(check["valid"] and check["input_shape"] == [1, 1, 8, 8] for check in checks.values())
     assert checks["student_int8"]["ops"].get("quantize", 0) > 0
     assert (run / "export" / "student_int8.mlpackage").is_dir()
     report = json.loads((run / "report.json").read_text())
@@ -93,3 +97,19 @@ def test_a_target_without_peak_figures_that_cannot_be_measured_fails_before_any_
     assert code == 2
     assert "peaks.int8_tops" in capsys.readouterr().err
     assert not (runs / "gpu").exists()
+
+
+def test_no_latency_in_a_predicted_run_appears_without_its_source(orin_run):
+    """report.md: every "<number> ms" has a source label beside it (the budget, a requirement, aside);
+    report.json: every latency value has a source key beside it."""
+    assert unlabelled_latencies((orin_run / "report.md").read_text()) == []
+    report = json.loads((orin_run / "report.json").read_text())
+    assert all(m["latency_source"] for m in report["models"].values())
+    for point in report["search"]["front"]:
+        assert point["latency_source"] == "predicted (analytical)"
+    for attempt in report["search"]["attempts"]:
+        assert attempt["search_latency_source"] and attempt["bench_latency_source"]
+    for name, stage in report["stages"].items():
+        for key, value in stage.items():
+            if key.endswith("_ms") and value is not None and key.removesuffix("_ms") + "_source" in stage:
+                assert stage[key.removesuffix("_ms") + "_source"], (name, key)

@@ -14,7 +14,7 @@ def test_qat_distill_with_attention_transfer(tmp_path, one_torch_thread):
     ctx = make_ctx(tmp_path, ["distill.feature_loss='at'", "distill.feature_layers=['stages.1', 'stages.2']",
                               "distill.epochs=1", "distill.calibration_samples=32"], precision="int8")
     metrics = distill.run(ctx)
-    assert metrics["feature_kd"]["student_layers"] == ["stages.1", "stages.2"]
-    assert metrics["feature_kd"]["teacher_layers"] == ["stages.1", "stages.2"]
-    assert metrics["int8_epochs"] == 1 and 0.0 < metrics["int8_val_accuracy"] <= 1.0
+    assert metrics.feature_kd["student_layers"] == ["stages.1", "stages.2"]
+    assert metrics.feature_kd["teacher_layers"] == ["stages.1", "stages.2"]
+    assert metrics.int8_epochs == 1 and 0.0 < metrics.int8_val_accuracy <= 1.0
     assert (ctx.run_dir / "distill" / distill.INT8_CHECKPOINT).is_file()

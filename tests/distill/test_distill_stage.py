@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_results import search_result
 
 from edgekd.config import load_recipe, to_dict
 from edgekd.distill import stage as distill
@@ -28,17 +29,17 @@ def make_ctx(tmp_path, overrides=(), *, precision="fp32", student="resnet_xs", r
     settings = load_recipe(recipe, [*FAST, *overrides], target.bench)
     ctx = RunContext.create(tmp_path / "run", RunSpec(target=to_dict(target), recipe=to_dict(settings)))
     arch = resolve_arch(student) if isinstance(student, str) else student
-    ctx.mark_done("search", {"chosen_arch": {"name": arch.get("name", "derived"), **arch}})
+    ctx.mark_done("search", search_result({"name": arch.get("name", "derived"), **arch}))
     return ctx
 
 
 def test_fp32_distill_with_fitnets_saves_a_student_without_adapters(tmp_path, one_torch_thread):
     ctx = make_ctx(tmp_path, ["distill.feature_loss='fitnets'"])
     metrics = distill.run(ctx)
-    assert metrics["feature_kd"] == {"loss": "fitnets", "weight": 100.0,
+    assert metrics.feature_kd == {"loss": "fitnets", "weight": 100.0,
                                      "student_layers": ["stages.0", "stages.1", "stages.2"],
                                      "teacher_layers": ["stages.0", "stages.1", "stages.2"]}
-    history = metrics["fp32_history"]
+    history = metrics.fp32_history
     assert len(history) == 2 and history[1]["loss"] < history[0]["loss"]
     saved = torch.load(ctx.run_dir / "distill" / distill.FP32_CHECKPOINT, weights_only=True)
     assert saved.keys() == build_model("resnet_xs", 1, 10).state_dict().keys()
@@ -59,7 +60,7 @@ def test_meal_v2_recipe_starts_a_teacher_derived_student_from_the_teacher(tmp_pa
                    recipe=RECIPES / "meal-v2.yaml")
     assert ctx.recipe.distill.alpha == 1.0 and ctx.recipe.distill.init == "teacher"
     metrics = distill.run(ctx)
-    assert metrics["init"] == "teacher"
-    assert metrics["feature_kd"]["student_layers"] == ["fc"]
-    history = metrics["fp32_history"]
+    assert metrics.init == "teacher"
+    assert metrics.feature_kd["student_layers"] == ["fc"]
+    history = metrics.fp32_history
     assert history[1]["loss"] < history[0]["loss"]

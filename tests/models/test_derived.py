@@ -268,7 +268,7 @@ def test_a_layer_off_the_traced_path_skips_candidates_with_one_warning(example, 
 
 def test_pruned_student_exports_to_onnx(teacher, example, candidates, tmp_path):
     pytest.importorskip("onnxruntime")
-    onnxb = pytest.importorskip("edgekd.backends.onnx")
+    from edgekd.backends import onnx as onnxb
     candidate = next(c for c in candidates if c.record["width_ratio"] == 0.25 and c.record["drop"])
     student = candidate.build(teacher).eval()
     path = onnxb.export(student, example[:1], tmp_path / "derived.onnx", metadata={"arch": "derived"})

@@ -16,7 +16,7 @@ from edgekd.quantizers import get_quantizer
 
 pytest.importorskip("coremltools", reason="coremltools is not installed (pip install 'edgekd[coreml]')")
 cq = get_quantizer("coreml")
-cmb = pytest.importorskip("edgekd.backends.coreml")
+from edgekd.backends import coreml as cmb  # noqa: E402 - after the skip: it imports coremltools
 
 ON_MACOS = platform.system() == "Darwin"
 

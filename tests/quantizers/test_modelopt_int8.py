@@ -16,6 +16,7 @@ pytest.importorskip("modelopt", reason="nvidia-modelopt is not installed (pip in
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'edgekd[onnx]')")
 mo = get_quantizer("modelopt")
 
+from edgekd.backends import onnx as onnx_backend  # noqa: E402
 from edgekd.backends.tensorrt.qdq import qdq_problems
 
 
@@ -94,7 +95,7 @@ def test_residual_add_takes_a_quantized_skip_and_a_float_conv_branch(onnx_path):
 
 
 def test_onnxruntime_agrees_with_the_fake_quantized_torch_model(quantized, onnx_path, data):
-    result = mo.compare_with_onnxruntime(quantized, onnx_path, data[0])
+    result = onnx_backend.compare_with_torch(quantized, onnx_path, data[0])
     assert result["samples"] == 1797
     # Measured: 1.0 (all 1,797 digits), max |logit diff| 0.083 (a rounding tie now and then).
     assert result["argmax_agreement"] >= 0.995
@@ -138,5 +139,5 @@ def test_edgekd_resnet_exports_tensorrt_ready_qdq(tmp_path):
     adds = [node for node in onnx_model.graph.node if node.op_type == "Add"]
     assert len(adds) == 3  # one per residual block, each with one Q/DQ'd (skip) input
     assert all([producer[i] for i in add.input].count("DequantizeLinear") == 1 for add in adds)
-    result = mo.compare_with_onnxruntime(quantized, path, torch.rand(64, 1, 8, 8))
+    result = onnx_backend.compare_with_torch(quantized, path, torch.rand(64, 1, 8, 8))
     assert result["argmax_agreement"] >= 0.95

@@ -11,9 +11,13 @@ import torch
 
 from edgekd.config import load_recipe, to_dict
 from edgekd.errors import UserError
+from edgekd.latency import on_target
+from edgekd.latency.source import MEASURED, TABLE, Latency
 from edgekd.models import count_params
+from edgekd.results import BenchResult, ModelBench
 from edgekd.run import RunContext, RunSpec
 from edgekd.search import stage as search
+from edgekd.search.reselect import reselect
 from edgekd.target import load_target
 
 SPACE = ["search.families=['resnet']", "search.depth_options=[1]", "search.score='params'",
@@ -29,14 +33,18 @@ def make_ctx(tmp_path, overrides=(), budget_ms=None) -> RunContext:
 
 def fake_latency(by_params: dict[int, float], measured: list | None = None):
     """Latency as a function of parameter count (the largest model is the slowest), the teacher
-    at 10 ms; records every measured name."""
+    at 10 ms; records every measured name. Stands in for edgekd.latency.on_target.measure_on_target."""
 
-    def measure(ctx, model, precision, name):
+    def measure(target, model, example_input, precision, *, name, **_):
         if measured is not None:
             measured.append(name)
-        return 10.0 if name == "teacher" else by_params[count_params(model)]
+        return Latency(10.0 if name == "teacher" else by_params[count_params(model)], MEASURED)
 
     return measure
+
+
+def fake_device(monkeypatch, measure) -> None:
+    monkeypatch.setattr(on_target, "measure_on_target", measure)
 
 
 def sizes_of(ctx) -> list[int]:
@@ -53,69 +61,76 @@ def test_chooses_the_best_score_under_budget_with_margin(tmp_path, monkeypatch):
     ctx = make_ctx(tmp_path, ["search.width_multipliers=[0.5,1.0,2.0]", "search.latency_margin=0.8"], budget_ms=1.0)
     sizes = sizes_of(ctx)
     # the largest needs 0.85 ms: under the budget, but not under budget x margin (0.8 ms)
-    monkeypatch.setattr(search, "measure_latency_ms", fake_latency(dict(zip(sizes, [0.2, 0.5, 0.85]))))
-    metrics = search.run(ctx)
-    assert metrics["candidates"] == 3 and metrics["fitting"] == 2
-    assert metrics["chosen_p50_ms"] == 0.5
-    assert [p["latency_ms"] for p in metrics["front"]] == [0.5, 0.2]  # best score first
-    assert metrics["budget_source"] == "--budget-ms"
+    fake_device(monkeypatch, fake_latency(dict(zip(sizes, [0.2, 0.5, 0.85]))))
+    result = search.run(ctx)
+    assert result.candidates == 3 and result.fitting == 2
+    assert result.chosen_measured == Latency(0.5, MEASURED)
+    assert [p.latency.ms for p in result.front] == [0.5, 0.2]  # best score first
+    assert result.budget.origin == "--budget-ms"
     arch = json.loads((ctx.run_dir / "search" / "arch.json").read_text())
-    assert arch["name"] == metrics["chosen"] and (ctx.run_dir / "search" / "study.db").is_file()
+    assert arch["name"] == result.chosen and (ctx.run_dir / "search" / "study.db").is_file()
 
 
 def test_default_budget_is_teacher_latency_over_speedup(tmp_path, monkeypatch):
     ctx = make_ctx(tmp_path, ["search.width_multipliers=[0.5]", "search.trials=2"])
-    monkeypatch.setattr(search, "measure_latency_ms", fake_latency({sizes_of(ctx)[0]: 1.0}))
-    metrics = search.run(ctx)
-    assert metrics["budget_ms"] == pytest.approx(4.0)  # 10 ms teacher / default speed-up 2.5
-    assert "teacher fp32 p50" in metrics["budget_source"]
+    fake_device(monkeypatch, fake_latency({sizes_of(ctx)[0]: 1.0}))
+    result = search.run(ctx)
+    assert result.budget.ms == pytest.approx(4.0)  # 10 ms teacher / default speed-up 2.5
+    assert result.budget.origin == "teacher fp32 p50 10.0000 ms measured / 2.5"
+    assert result.budget.teacher == Latency(10.0, MEASURED)
 
 
 def test_an_unreachable_default_budget_is_relaxed_to_the_fastest_students_and_said(tmp_path, monkeypatch):
     # teacher 10 ms / speed-up 20 = 0.5 ms: no student gets there; without --budget-ms that is
     # not an error, the fastest students are chosen among and the budget's source says why.
     ctx = make_ctx(tmp_path, ["search.width_multipliers=[0.5,1.0,2.0]", "search.default_speedup=20.0"])
-    monkeypatch.setattr(search, "measure_latency_ms", fake_latency(dict(zip(sizes_of(ctx), [1.0, 1.05, 3.0]))))
-    metrics = search.run(ctx)
-    assert metrics["limit_ms"] == pytest.approx(1.1)  # fastest x RELAXED_BAND
-    assert {p["latency_ms"] for p in metrics["front"]} <= {1.0, 1.05}
-    assert metrics["chosen_p50_ms"] == 1.05  # the better-scoring of the two fast ones
-    assert "unreachable on x86-cpu" in metrics["budget_source"]
+    fake_device(monkeypatch, fake_latency(dict(zip(sizes_of(ctx), [1.0, 1.05, 3.0]))))
+    result = search.run(ctx)
+    assert result.limit_ms == pytest.approx(1.1)  # fastest x RELAXED_BAND
+    assert {p.latency.ms for p in result.front} <= {1.0, 1.05}
+    assert result.chosen_latency.ms == 1.05  # the better-scoring of the two fast ones
+    assert "unreachable on x86-cpu" in result.budget.origin and "1.0000 ms measured" in result.budget.origin
 
 
 def test_a_budget_below_the_fastest_candidate_names_it(tmp_path, monkeypatch):
     ctx = make_ctx(tmp_path, ["search.width_multipliers=[0.5,1.0]"], budget_ms=0.1)
-    monkeypatch.setattr(search, "measure_latency_ms", fake_latency(dict(zip(sizes_of(ctx), [0.3, 0.7]))))
-    with pytest.raises(UserError, match=r"the fastest was resnet_w8-16-32_d111 at 0.3000 ms \(measured"):
+    fake_device(monkeypatch, fake_latency(dict(zip(sizes_of(ctx), [0.3, 0.7]))))
+    with pytest.raises(UserError, match=r"the fastest was resnet_w8-16-32_d111 at 0.3000 ms measured"):
         search.run(ctx)
 
 
 def test_reselect_after_a_miss_takes_the_next_student_that_should_fit(tmp_path, monkeypatch):
     ctx = make_ctx(tmp_path, ["search.width_multipliers=[0.5,1.0,1.5,2.0]", "search.max_attempts=3"], budget_ms=1.0)
     latencies = dict(zip(sizes_of(ctx), [0.1, 0.3, 0.5, 0.7]))
-    monkeypatch.setattr(search, "measure_latency_ms", fake_latency(latencies))
-    metrics = search.run(ctx)
-    ctx.mark_done("search", metrics)
-    assert metrics["chosen_p50_ms"] == 0.7
+    fake_device(monkeypatch, fake_latency(latencies))
+    result = search.run(ctx)
+    ctx.mark_done("search", result)
+    assert result.chosen_latency.ms == 0.7
     # The artifact measured 2x over the budget in bench: the next student must be ~2x faster
     # (0.35 ms on the search's scale), so 0.5 is skipped and 0.3 is tried.
-    bench = {"budget_ms": 1.0, "budget_met": False,
-             "models": {"student_fp32": {"latency_ms": {"p50": 2.0}, "accuracy": 0.9}}}
-    assert search.reselect(ctx, bench)
-    metrics = ctx.result("search")
-    assert metrics["chosen_p50_ms"] == 0.3
-    assert [a["student"] for a in metrics["attempts"]] == [metrics["front"][0]["name"]]
-    assert json.loads((ctx.run_dir / "search" / "arch.json").read_text())["name"] == metrics["chosen"]
+    shipped = ModelBench(arch="a", precision="fp32", params=1, macs=1, latency=Latency(2.0, MEASURED),
+                         throughput_ips=None, throughput_batch=8, accuracy=0.9, accuracy_source="x", size_mb=1.0,
+                         artifact="a.xml")
+    bench = BenchResult(models={"teacher": shipped, "student_fp32": shipped}, conditions={})
+    assert reselect(ctx, bench)
+    result = ctx.result("search")
+    assert result.chosen_measured == Latency(0.3, MEASURED)
+    assert [a.student for a in result.attempts] == [result.front[0].name]
+    assert result.attempts[0].bench_latency == Latency(2.0, MEASURED)
+    assert json.loads((ctx.run_dir / "search" / "arch.json").read_text())["name"] == result.chosen
     # attempts are bounded: the second miss still tries (attempt 3 of 3), the third stops
-    assert search.reselect(ctx, bench) and not search.reselect(ctx, bench)
-    assert len(ctx.result("search")["attempts"]) == 3
+    assert reselect(ctx, bench) and not reselect(ctx, bench)
+    assert len(ctx.result("search").attempts) == 3
+    # the typed result survives state.json
+    ctx.save_state()
+    assert RunContext.load(ctx.run_dir).result("search").attempts == result.attempts
 
 
 def test_unknown_score_or_latency_source_fails_before_any_work(tmp_path):
-    with pytest.raises(UserError, match="search.score 'diswat' is unknown; known: diswot"):
-        search.check_search_methods(make_ctx(tmp_path / "a", ["search.score='diswat'"]).recipe.search)
+    with pytest.raises(UserError, match=r"search.score 'diswat' is unknown \(did you mean 'diswot'\?\); known: diswot"):
+        make_ctx(tmp_path / "a", ["search.score='diswat'"])
     with pytest.raises(UserError, match="search.latency 'guessed'"):
-        search.check_search_methods(make_ctx(tmp_path / "b", ["search.latency='guessed'"]).recipe.search)
+        make_ctx(tmp_path / "b", ["search.latency='guessed'"])
 
 
 def test_predicted_latency_comes_from_the_targets_table(tmp_path, monkeypatch):
@@ -135,14 +150,15 @@ def test_predicted_latency_comes_from_the_targets_table(tmp_path, monkeypatch):
         table.blocks[block_key(spec)] = {"spec": spec, "ms": block_features(spec)["macs"] / 1e7}
     table.save(table_path("x86-cpu", "int8", (1, 8, 8)))
     measured = []
-    monkeypatch.setattr(search, "measure_latency_ms", lambda ctx, model, precision, name: measured.append(name) or 0.1)
-    metrics = search.run(ctx)
+    fake_device(monkeypatch, lambda *args, name, **_: measured.append(name) or Latency(0.1, MEASURED))
+    result = search.run(ctx)
     candidates = json.loads((ctx.run_dir / "search" / "candidates.json").read_text())
     predictor = LatencyPredictor.load("x86-cpu", (1, 8, 8), "int8", 10)
     for candidate in candidates:
-        assert candidate["latency_source"] == "predicted"
+        assert candidate["latency_source"] == TABLE
         assert candidate["latency_ms"] == pytest.approx(predictor.predict_ms(candidate["record"]))
-    assert measured == ["teacher", metrics["chosen"]]  # the budget's teacher, then one finalist
+    assert measured == ["teacher", result.chosen]  # the budget's teacher, then one finalist
+    assert result.chosen_estimate.source == TABLE and result.chosen_measured == Latency(0.1, MEASURED)
 
 
 def _openvino_version() -> str:
@@ -170,11 +186,12 @@ def test_a_tensorrt_target_behind_a_runner_is_timed_from_its_onnx(tmp_path, monk
         return LatencyStats(p50_ms=0.1, p90_ms=0.1, p99_ms=0.1, mean_ms=0.1, min_ms=0.1, runs=runs, warmup=warmup,
                             batch=batch)
 
-    monkeypatch.setattr(search, "benchmark_on_target", device)
+    monkeypatch.setattr(on_target, "benchmark_on_target", device)
     from edgekd.models import build_model
+    from edgekd.search.timing import measure_latency
 
-    assert search.measure_latency_ms(ctx, build_model("resnet_xs", 1, 10).eval(), "int8", "probe") == 0.1
-    assert search.measure_latency_ms(ctx, build_model("resnet_xs", 1, 10).eval(), "fp16", "probe") == 0.1
+    assert measure_latency(ctx, build_model("resnet_xs", 1, 10).eval(), "int8", "probe") == Latency(0.1, MEASURED, p90_ms=0.1, p99_ms=0.1)
+    assert measure_latency(ctx, build_model("resnet_xs", 1, 10).eval(), "fp16", "probe").ms == 0.1
     int8, fp16 = sent
     assert int8.name == "probe-int8.trt.onnx" and fp16.name == "probe-fp16.trt.onnx"
     ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
@@ -225,13 +242,13 @@ def test_students_cut_from_a_teacher_module_are_measured_beside_a_table(tmp_path
         table.blocks[block_key(spec)] = {"spec": spec, "ms": block_features(spec)["macs"] / 1e7}
     table.save(table_path("x86-cpu", "int8", (1, 8, 8)))
     measured = []
-    monkeypatch.setattr(search, "measure_latency_ms", lambda ctx, model, precision, name: measured.append(name) or 0.1)
-    with caplog.at_level(logging.INFO, logger="edgekd.search.stage"):
-        metrics = search.run(ctx)
+    fake_device(monkeypatch, lambda *args, name, **_: measured.append(name) or Latency(0.1, MEASURED))
+    with caplog.at_level(logging.INFO, logger="edgekd.search"):
+        result = search.run(ctx)
     candidates = json.loads((ctx.run_dir / "search" / "candidates.json").read_text())
     sources = {c["record"]["family"]: c["latency_source"] for c in candidates}
-    assert sources == {"derived": "measured", "resnet": "predicted"}
+    assert sources == {"derived": MEASURED, "resnet": TABLE}
     derived = [c["name"] for c in candidates if c["record"]["family"] == "derived"]
     assert all(name.startswith("derived_w") for name in derived) and set(derived) <= set(measured)
     assert sum("cannot plan students cut from the teacher module" in r.getMessage() for r in caplog.records) == 1
-    assert metrics["chosen"] in {c["name"] for c in candidates}
+    assert result.chosen in {c["name"] for c in candidates}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgekd.config import SearchConfig
+from edgekd.config import SearchConfig, load_recipe
 from edgekd.errors import UserError
 from edgekd.models import build_model
 from edgekd.models.blocks import block_key, layer_plan
@@ -58,12 +58,19 @@ def test_teacher_derived_records_are_sampled_and_covered():
     assert {block_key(spec) for spec in layer_plan(derived[0], 1, 10, (8, 8))} <= table
 
 
+@pytest.mark.parametrize("override, message", [
+    ("search.families=['vit']", "search.families 'vit' is unknown"),
+    ("search.families=[]", "search.families is empty"),
+    ("search.depth_options=[]", "search.depth_options is empty"),
+    ("search.width_multipliers=[0.0]", r"search.width_multipliers must be > 0, got \[0.0\]"),
+])
+def test_a_recipe_whose_space_cannot_be_searched_fails_when_loaded(override, message):
+    with pytest.raises(UserError, match=message):
+        load_recipe(None, [override])
+
+
 @pytest.mark.parametrize("change, message", [
-    ({"families": ["vit"]}, "search.families"),
-    ({"families": []}, "search.families"),
     ({"kernel_options": [4]}, "odd"),
-    ({"depth_options": []}, "empty"),
-    ({"width_multipliers": [0.0]}, "> 0"),
     ({"base": "resnet_q"}, "resnet_q"),
 ])
 def test_a_space_that_cannot_be_searched_fails_early(change, message):

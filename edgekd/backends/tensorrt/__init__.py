@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -36,24 +37,28 @@ import torch
 from edgekd.backends import require_file, top1_accuracy
 from edgekd.backends.tensorrt import api as tensorrt_api
 from edgekd.backends.tensorrt import trtexec as tensorrt_trtexec
-from edgekd.backends.tensorrt.api import (  # trt: None without the bindings
-    major_version,
-    trt,
+from edgekd.backends.tensorrt.build import (
+    build_engine,
+    missing_tensorrt,
+    onnx_input_name,
+    onnx_input_shape,
+    require_builder,
+    strongly_typed_for,  # noqa: F401 - part of this backend's API (tests, callers)
 )
 from edgekd.backends.tensorrt.qdq import prepare_int8_onnx
 from edgekd.backends.tensorrt.trtexec import (
-    _build_with_trtexec,
     _run_trtexec,
     _shape_text,
     build_trtexec_benchmark_command,
-    builder_flags,
+    build_trtexec_command,
     check_precision,
     find_trtexec,
     latency_stats_from_trtexec,
     trtexec_version,
+    write_build_script,
 )
 from edgekd.backends.tensorrt.trtexec_output import parse_trtexec_output
-from edgekd.errors import MissingDependencyError, UserError
+from edgekd.errors import UserError
 from edgekd.measure import LatencyStats
 
 log = logging.getLogger(__name__)
@@ -67,32 +72,14 @@ _DEFAULT_WARMUP_MS = 200  # trtexec's own default
 # --- finding TensorRT -------------------------------------------------------------------------
 
 
-def _missing_tensorrt() -> MissingDependencyError:
-    error = MissingDependencyError("tensorrt", "tensorrt")
-    # Read through the module, so that a test patching the fallback paths patches them here too.
-    locations = ", ".join(str(path.parent) for path in tensorrt_trtexec._TRTEXEC_FALLBACK_PATHS)
-    # MissingDependencyError builds its message from (package, extra); we add the trtexec half.
-    message = (
-        f"{error.args[0]}; and trtexec was not found on PATH or in {locations}. TensorRT itself "
-        "comes with JetPack on a Jetson, or from NVIDIA's package index on an x86 GPU host"
-    )
-    error.args = (message,)
-    return error
-
-
 def version() -> str:
     """TensorRT version of the Python bindings, else of trtexec."""
-    if trt is not None:
-        return trt.__version__
+    if tensorrt_api.trt is not None:
+        return tensorrt_api.trt.__version__
     exe = find_trtexec()
     if exe is None:
-        raise _missing_tensorrt()
+        raise missing_tensorrt()
     return trtexec_version(exe) or "unknown"
-
-
-def strongly_typed_for(version_string: str) -> bool:
-    """TensorRT 11 removed weak typing (and the FP16/INT8 flags); 10 still defaults to it."""
-    return major_version(version_string) >= 11
 
 
 def precision_note() -> str:
@@ -147,7 +134,7 @@ def export(
     if path.suffix != SUFFIX:
         raise ValueError(f"TensorRT engine path must end in {SUFFIX}: {path}")
     check_precision(precision)
-    _require_builder()  # fail before writing anything
+    require_builder()  # fail before writing anything
     onnx_path = export_onnx(
         model, example_input, path.with_suffix(".trt.onnx"), metadata=metadata, precision=precision
     )
@@ -202,105 +189,6 @@ def export_from_onnx(
     return path
 
 
-def build_engine(
-    onnx_path: Path,
-    engine_path: Path,
-    *,
-    precision: str,
-    max_batch: int,
-    sparsity: bool = False,
-    timing_cache: Path | None = None,
-    workspace_mb: int | None = None,
-) -> dict[str, str]:
-    """Build `engine_path` from `onnx_path`.
-
-    Returns {"builder", "tensorrt_version", "strongly_typed"} for the engine's metadata.
-    """
-    builder, trt_version = _require_builder()
-    strongly_typed = strongly_typed_for(trt_version)
-    onnx_path = _fp16_onnx_if_needed(Path(onnx_path), precision, strongly_typed)
-    engine_path = Path(engine_path)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {
-        "precision": precision,
-        "max_batch": max_batch,
-        "sparsity": sparsity,
-        "timing_cache": timing_cache,
-        "workspace_mb": workspace_mb,
-        "strongly_typed": strongly_typed,
-    }
-    if builder == "python":
-        _build_with_python_api(onnx_path, engine_path, **kwargs)
-    else:
-        _build_with_trtexec(
-            builder,
-            onnx_path,
-            engine_path,
-            input_name=onnx_input_name(onnx_path),
-            input_shape=_onnx_input_shape(onnx_path),
-            **kwargs,
-        )
-    return {
-        "builder": "python" if builder == "python" else "trtexec",
-        "tensorrt_version": trt_version,
-        "strongly_typed": str(strongly_typed).lower(),
-    }
-
-
-def _require_builder() -> tuple[str, str]:
-    """("python", version) or (trtexec path, version); MissingDependencyError when neither."""
-    if trt is not None:
-        return "python", trt.__version__
-    exe = find_trtexec()
-    if exe is None:
-        raise _missing_tensorrt()
-    return exe, trtexec_version(exe) or "unknown"
-
-
-def _fp16_onnx_if_needed(onnx_path: Path, precision: str, strongly_typed: bool) -> Path:
-    """In a strongly typed build, fp16 must be in the graph: convert with ModelOpt AutoCast."""
-    if precision != "fp16" or not strongly_typed:
-        return onnx_path
-    try:
-        import onnx
-        from modelopt.onnx.autocast import convert_to_mixed_precision
-    except ImportError as exc:
-        raise UserError(
-            "TensorRT 11 builds fp16 only from an FP16 ONNX (it removed the FP16 flag); "
-            "install nvidia-modelopt for its AutoCast, or use precision fp32/int8"
-        ) from exc
-    converted = convert_to_mixed_precision(
-        onnx_path=str(onnx_path), low_precision_type="fp16", keep_io_types=True
-    )
-    fp16_path = onnx_path.with_suffix(".fp16.onnx")
-    onnx.save(converted, str(fp16_path))
-    return fp16_path
-
-
-def _build_with_python_api(
-    onnx_path: Path, engine_path: Path, *, precision: str, sparsity: bool, **kwargs
-) -> None:
-    flags = builder_flags(precision, sparsity=sparsity, strongly_typed=kwargs["strongly_typed"])
-    tensorrt_api.build_engine(onnx_path, engine_path, flags=flags, **kwargs)
-
-
-def onnx_input_name(onnx_path: Path) -> str:
-    import onnx
-
-    return onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
-
-
-def _onnx_input_shape(onnx_path: Path) -> tuple[int, ...]:
-    import onnx
-
-    dims = (
-        onnx.load(str(onnx_path), load_external_data=False)
-        .graph.input[0]
-        .type.tensor_type.shape.dim
-    )
-    return tuple(dim.dim_value if dim.HasField("dim_value") else -1 for dim in dims)
-
-
 # --- metadata, timing, prediction -------------------------------------------------------------
 
 
@@ -322,8 +210,8 @@ def profile(path: Path, *, runs: int, warmup_ms: int = _DEFAULT_WARMUP_MS, batch
     exe = find_trtexec()
     if exe is None:
         raise (
-            _missing_tensorrt()
-            if trt is None
+            missing_tensorrt()
+            if tensorrt_api.trt is None
             else UserError(
                 "timing TensorRT engines needs trtexec, which ships with TensorRT (on a Jetson: "
                 "/usr/src/tensorrt/bin/trtexec); put it on PATH"
@@ -381,7 +269,7 @@ def engine_for_onnx(onnx_path: Path, *, max_batch: int = 1) -> Path:
         return engine_path
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     precision = "int8" if any(node.op_type == "QuantizeLinear" for node in graph.node) else "fp16"
-    chw = tuple(_onnx_input_shape(onnx_path)[1:])
+    chw = tuple(onnx_input_shape(onnx_path)[1:])
     return export_from_onnx(onnx_path, engine_path, metadata={"source_onnx": onnx_path.name}, precision=precision,
                             input_chw=chw, max_batch=max_batch)
 
@@ -390,8 +278,8 @@ def predict_logits(
     path: Path, x: np.ndarray | torch.Tensor, *, batch_size: int = 256
 ) -> np.ndarray:
     """Engine outputs for all samples in `x` ([N, C, H, W]); needs the Python bindings and CUDA."""
-    if trt is None:
-        raise _missing_tensorrt()
+    if tensorrt_api.trt is None:
+        raise missing_tensorrt()
     if not torch.cuda.is_available():
         raise UserError(
             "TensorRT prediction needs a CUDA GPU visible to torch "
@@ -410,3 +298,98 @@ def accuracy(
 def size_mb(path: Path) -> float:
     """Size on disk of the engine in MB (1e6 bytes)."""
     return require_file(Path(path)).stat().st_size / 1e6
+
+
+# --- what the stages call (edgekd.backends.Backend) -------------------------------------------
+
+
+def runtime_missing() -> str | None:
+    if tensorrt_api.trt is None and find_trtexec() is None:
+        return ("TensorRT is not installed here (neither the tensorrt Python package nor trtexec); "
+                "run edgekd on the device, or give it with --device ssh://user@host")
+    return None
+
+
+def baseline_precision(precisions: list[str]) -> str:
+    """fp16: what a team ships on a GPU without edgekd (TensorRT builds fp16 kernels for it)."""
+    return "fp16" if "fp16" in precisions else "fp32"
+
+
+def write_artifact(model: torch.nn.Module, example_input: torch.Tensor, path: Path, *, precision: str,
+                   metadata: dict[str, str], quantizer, target, max_batch: int) -> dict:
+    """The ONNX the engine is built from (for INT8 the target quantizer's Q/DQ ONNX), then the
+    engine where TensorRT is here and the runner is local; the exact trtexec command always, so
+    the same engine can be built on the device (finish_export writes them into one script)."""
+    path = Path(path)
+    onnx_path = onnx_path_for(path)
+    if precision == "int8":
+        quantizer.export_onnx(model, example_input, onnx_path, metadata=metadata)
+    else:
+        export_onnx(model, example_input, onnx_path, metadata=metadata, precision=precision)
+    timing_cache = path.parent / "timing.cache"
+    built = target.runner == "local" and runtime_missing() is None
+    if built:
+        export_from_onnx(onnx_path, path, metadata=metadata, precision=precision,
+                         input_chw=tuple(example_input.shape[1:]), max_batch=max_batch, timing_cache=timing_cache)
+    command = build_trtexec_command(
+        Path(onnx_path.parent.name) / onnx_path.name, Path(path.parent.name) / path.name, precision=precision,
+        input_name=onnx_input_name(onnx_path), input_shape=tuple(example_input.shape), max_batch=max_batch,
+        timing_cache=Path(path.parent.name) / timing_cache.name)
+    return {"onnx": onnx_path.name, "engine_built": built, "build_command": shlex.join(command)}
+
+
+def write_for_timing(model: torch.nn.Module, example_input: torch.Tensor, path: Path, *, precision: str,
+                     quantizer) -> Path:
+    """The ONNX (Q/DQ for INT8): TensorRT builds its engine where it runs, here or on the device
+    behind the runner (benchmark of an ONNX)."""
+    onnx_path = onnx_path_for(Path(path).with_suffix(SUFFIX))
+    if precision == "int8":
+        return quantizer.export_onnx(model, example_input, onnx_path)
+    return export_onnx(model, example_input, onnx_path, metadata={"purpose": "latency probe"}, precision=precision)
+
+
+def check_artifact(model: torch.nn.Module, path: Path, inputs: torch.Tensor, num_classes: int) -> dict | None:
+    """The engine's ONNX in onnxruntime against the torch model (for INT8: the fake-quantized one)."""
+    from edgekd.backends import onnx as onnx_backend
+
+    return onnx_backend.compare_with_torch(model, onnx_path_for(Path(path)), inputs)
+
+
+def finish_export(run_dir: Path, written: dict[str, dict], target) -> dict:
+    commands = [details["build_command"] for details in written.values()]
+    script = write_build_script(run_dir / "export" / "build_engines.sh", target.name, commands)
+    built = all(details["engine_built"] for details in written.values())
+    reason = None if built else ("the engine is built on the device" if target.runner != "local"
+                                 else runtime_missing())
+    if reason is not None:
+        log.warning("export: no TensorRT engine built (%s); build them on the device with %s", reason, script)
+    return {"engine_build_commands": commands, "engine_build_script": str(script.relative_to(run_dir)),
+            "engines_built": built, "engines_not_built_reason": reason}
+
+
+def onnx_path_for(artifact: Path) -> Path:
+    """The ONNX a TensorRT engine is built from, kept beside it (a Q/DQ ONNX for INT8)."""
+    return Path(artifact).with_suffix(".trt.onnx")
+
+
+def timed_path(path: Path) -> Path:
+    """The engine; where it could not be built here (a remote device), the ONNX it is built from,
+    which the device turns into an engine."""
+    return Path(path) if Path(path).exists() else onnx_path_for(path)
+
+
+def stand_in_accuracy(path: Path, x, y) -> tuple[float, str] | None:
+    """The engine's ONNX in onnxruntime: the same graph (Q/DQ for INT8) the engine is built from."""
+    from edgekd.backends import onnx as onnx_backend
+
+    onnx_path = onnx_path_for(Path(path))
+    if not onnx_path.exists():
+        return None
+    return onnx_backend.accuracy(onnx_path, x, y), f"onnxruntime on {onnx_path.name} (the engine's ONNX)"
+
+
+def device_conditions() -> dict[str, str]:
+    """nvpmodel mode, jetson_clocks, L4T/JetPack ("unknown" off a Jetson)."""
+    from edgekd.backends.tensorrt.jetson import jetson_state
+
+    return jetson_state()

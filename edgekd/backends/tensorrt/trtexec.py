@@ -216,3 +216,21 @@ def _run_trtexec(command: list[str]) -> str:
         )
         raise UserError(f"trtexec failed (exit {done.returncode}): {reason}")
     return output
+
+
+def write_build_script(path: Path, target_name: str, commands: list[str]) -> Path:
+    """A shell script that builds a run's engines on the device, from the run dir."""
+    path = Path(path)
+    path.write_text("\n".join([
+        "#!/bin/sh",
+        f"# Build the TensorRT engines of this run ({target_name}) on the device, from the run dir:",
+        "#   cd <run dir> && sh export/build_engines.sh",
+        "# Written for TensorRT 10 (JetPack 6). On TensorRT 11 (strongly typed; no --fp16/--int8 flags) drop",
+        "# the precision flags and add --stronglyTyped: the Q/DQ ONNX already carries INT8.",
+        "set -e",
+        "command -v trtexec >/dev/null || PATH=$PATH:/usr/src/tensorrt/bin",
+        *commands,
+        "",
+    ]))
+    path.chmod(0o755)
+    return path
