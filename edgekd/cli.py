@@ -77,10 +77,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--target", help="device name (see `edgekd targets`) or a target YAML file; default x86-cpu")
     what.add_argument("--data", help="image folder (one sub-folder per class; train/ val/ test/ used when present) "
                       "or a folder of MNIST-style IDX files; default: scikit-learn's digits (embedded)")
-    what.add_argument("--teacher", help="teacher checkpoint: a state dict (needs --teacher-arch) or TorchScript; "
-                      "default: a teacher edgekd trains on first use and caches")
-    what.add_argument("--teacher-arch", help="built-in architecture of a state-dict teacher: "
-                      "resnet_xs, resnet_s, resnet_m, resnet_l")
+    what.add_argument("--teacher", help="teacher file: a torch.export program (.pt2), TorchScript, or a state dict "
+                      "(needs --teacher-arch); default: a teacher edgekd trains on first use and caches")
+    what.add_argument("--teacher-arch", help="architecture of a state-dict teacher: built-in resnet_xs, resnet_s, "
+                      "resnet_m, resnet_l, mobilenet_s, ..., or timm:NAME / torchvision:NAME (pip extras timm, torchvision)")
+    what.add_argument("--allow-weak-teacher", action="store_true", default=None,
+                      help="go on when the teacher scores near chance on the validation split (normally an error: "
+                      "it is usually fed inputs it was not trained on)")
     what.add_argument("--trust-pickle", action="store_true", default=None,
                       help="allow loading a fully pickled model (runs code from the file; only for sources you trust)")
     what.add_argument("--budget-ms", type=float, help="latency budget: batch-1 p50 in ms on the target "
@@ -91,7 +94,19 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--storage", metavar="URL",
                       help="database URL of the search's Optuna study (e.g. postgresql://host/db, so that many "
                       "workers share one study); default: SQLite inside the run dir")
-    what.add_argument("--image-size", type=int, help="image-folder images are resized to this square size (default 32)")
+    data = parser.add_argument_group("data and preprocessing (the teacher's input contract)")
+    data.add_argument("--image-size", type=int, help="image-folder images are resized (shorter side) and centre-cropped "
+                      "to this square size; default: their own size when they all share one, else the teacher's")
+    data.add_argument("--mean", help="the teacher's input normalisation mean: 'imagenet' or per-channel values "
+                      "'0.485,0.456,0.406' (with --std); default: none, inputs in [0, 1]")
+    data.add_argument("--std", help="the teacher's normalisation std: 'imagenet' or per-channel values (with --mean)")
+    data.add_argument("--channels", type=int, choices=(1, 3),
+                      help="convert the images to 1 (gray) or 3 (RGB) channels, for a teacher that takes the other count")
+    data.add_argument("--classes", metavar="FILE|A,B,...",
+                      help="the teacher's class order: a file with one class name per line, or comma-separated "
+                      "names; default: sorted folder names")
+    data.add_argument("--train-device", metavar="auto|cpu|cuda[:N]",
+                      help="where training runs (default auto: CUDA when torch sees a GPU); may change on --resume")
     what.add_argument("--seed", type=int, help="seed for the data split and training (default 0)")
     how = parser.add_argument_group("recipe")
     how.add_argument("--recipe", help="YAML file with teacher/search/distill/bench sections")

@@ -70,6 +70,47 @@ class BenchConfig:
     threads: int | None = at_least(1, default=None)
 
 
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass
+class DataConfig:
+    """How images become model inputs (edgekd/data, edgekd/models/input_adapter.py). The data
+    pipeline gives every stage float32 images in [0, 1]; what the teacher was trained with
+    (channel order, scale, mean/std) is the models' first op, so it is also inside every
+    exported artifact."""
+
+    # Square side the images are resized (shorter side to image_size / crop_fraction) and
+    # centre-cropped to. null: the images' own size when they all share one square size, else
+    # the teacher's input size where its file records one; never a silent downscale.
+    image_size: int | None = at_least(4, default=None)
+    crop_fraction: float = between(0.05, 1.0, default=0.875)
+    # Channels the images are converted to (1: grayscale, 3: RGB). null: the data's own; a
+    # teacher taking the other count is an error that names this key.
+    channels: int | None = one_of((1, 3), default=None)
+    # The teacher's input normalisation: (x * input_scale - mean) / std per channel, after
+    # channel_order. "imagenet": the torchvision constants. null: none (the teacher takes [0, 1]).
+    mean: list[float] | str | None = None
+    std: list[float] | str | None = None
+    input_scale: float = one_of((1.0, 255.0), default=1.0)  # 255: the teacher expects 0..255 pixels
+    channel_order: str = one_of(("rgb", "bgr"), default="rgb")
+    # The teacher's class order: a list of class (folder) names, or a file with one per line.
+    # null: sorted folder names, as torchvision's ImageFolder.
+    classes: list[str] | str | None = None
+    workers: int = at_least(0, default=2)  # DataLoader processes decoding image folders
+    val_fraction: float = between(0.01, 0.5, default=0.15)  # split off train when there is no val/
+    test_fraction: float = between(0.01, 0.5, default=0.15)  # likewise for test/
+
+    def normalisation(self) -> tuple[list[float], list[float]] | None:
+        """(mean, std) with the "imagenet" shorthand resolved; None when there is none."""
+        if self.mean is None and self.std is None:
+            return None
+        mean = IMAGENET_MEAN if self.mean == "imagenet" else self.mean
+        std = IMAGENET_STD if self.std == "imagenet" else self.std
+        return list(mean), list(std)
+
+
 @dataclass
 class TeacherConfig:
     """How edgekd trains a teacher when the user gives none (the embedded default)."""
@@ -176,6 +217,7 @@ class DistillConfig:
 
 @dataclass
 class Recipe:
+    data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -197,6 +239,26 @@ def check_values(config: Any, section: str) -> None:
             _check_value(item, f.metadata, key, value)
 
 
+def check_data(settings: DataConfig) -> None:
+    """What the field rules cannot say about the normalisation."""
+    for key in ("mean", "std"):
+        value = getattr(settings, key)
+        if isinstance(value, str) and value != "imagenet":
+            raise UserError(f"data.{key} {value!r}: give one number per channel, or 'imagenet'")
+        if isinstance(value, list) and not all(math.isfinite(v) for v in value):
+            raise UserError(f"data.{key} must be finite numbers, got {value}")
+    if (settings.mean is None) != (settings.std is None):
+        raise UserError("data.mean and data.std go together: give both, or neither")
+    norm = settings.normalisation()
+    if norm is not None:
+        mean, std = norm
+        if len(mean) != len(std) or len(mean) not in (1, 3):
+            raise UserError(f"data.mean and data.std need one value per channel (1 or 3 each), got {len(mean)} "
+                            f"and {len(std)}")
+        if any(s <= 0 for s in std):
+            raise UserError(f"data.std must be > 0, got {std}")
+
+
 def _check_value(item: Any, rule: Any, key: str, whole: Any) -> None:
     if item is None or isinstance(item, bool):
         return
@@ -204,9 +266,12 @@ def _check_value(item: Any, rule: Any, key: str, whole: Any) -> None:
     if isinstance(item, float) and not math.isfinite(item):
         raise UserError(f"{key} must be a finite number, got {shown}")
     if "choices" in rule and item not in rule["choices"]:
-        close = difflib.get_close_matches(str(item).lower(), rule["choices"], n=1)
+        names = [str(choice) for choice in rule["choices"]]
+        if not isinstance(item, str):
+            raise UserError(f"{key} must be one of {', '.join(names)}, got {item!r}")
+        close = difflib.get_close_matches(str(item).lower(), names, n=1) if isinstance(item, str) else []
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserError(f"{key} {item!r} is unknown{hint}; known: {', '.join(rule['choices'])}")
+        raise UserError(f"{key} {item!r} is unknown{hint}; known: {', '.join(names)}")
     if "minimum" in rule and item < rule["minimum"]:
         raise UserError(f"{key} must be >= {rule['minimum']:g}, got {shown}")
     if "maximum" in rule and item > rule["maximum"]:
@@ -232,6 +297,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), bench_defaul
     for item in overrides:
         apply_override(recipe, item)
     check_values(recipe, "")
+    check_data(recipe.data)
     return recipe
 
 

@@ -19,15 +19,21 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from edgekd.config import Recipe, recipe_from_dict
 from edgekd.data import DatasetSplits, load_dataset
+from edgekd.data.datasets import load_file_lists
 from edgekd.errors import UserError
-from edgekd.io import write_json
+from edgekd.io import write_json, write_text
 from edgekd.results import RESULT_TYPES, from_plain, to_plain
 from edgekd.target import Target, target_from_dict
+from edgekd.training.device import TrainDevice, resolve_device
 from edgekd.version import __version__
 
 log = logging.getLogger(__name__)
+
+SPLIT_FILE = "data/split.json"  # an image folder's files per split
 
 
 @dataclass
@@ -43,10 +49,14 @@ class RunSpec:
     # (a teacher-derived student is rebuilt from it). None in run dirs made before this check.
     teacher_sha256: str | None = None
     trust_pickle: bool = False
+    allow_weak_teacher: bool = False  # go on with a teacher near chance level on the validation split
     budget_ms: float | None = None
     storage: str | None = None  # the search study's database URL; None: SQLite in the run dir
     seed: int = 0
-    image_size: int = 32
+    # The teacher's input size where its file records one (a .pt2): the size images are brought to
+    # when they do not all share one (edgekd/data/datasets.py).
+    teacher_input_size: int | None = None
+    train_device: str = "auto"  # where training runs (--train-device); may change on --resume
     command: str = ""
 
 
@@ -165,7 +175,30 @@ class RunContext:
     # ---- shared inputs ----------------------------------------------------------------------
     @cached_property
     def data(self) -> DatasetSplits:
-        return load_dataset(self.spec.data, seed=self.spec.seed, image_size=self.spec.image_size)
+        """The run's data; an image folder's split exactly as saved when the run started."""
+        split_file = self.run_dir / SPLIT_FILE
+        if split_file.is_file():
+            return load_file_lists(json.loads(split_file.read_text()), self.recipe.data)
+        return load_dataset(self.spec.data, seed=self.spec.seed, settings=self.recipe.data,
+                            teacher_size=self.spec.teacher_input_size)
+
+    def save_split(self, data: DatasetSplits) -> None:
+        """Keep an image folder's split (its file lists) in the run dir, for resumes and people."""
+        lists = data.file_lists()
+        if lists is not None:
+            (self.run_dir / SPLIT_FILE).parent.mkdir(exist_ok=True)
+            # Compact: a folder of 100,000 images is one line per file pair otherwise.
+            write_text(self.run_dir / SPLIT_FILE, json.dumps(lists, separators=(",", ":")))
+        self.data = data
+
+    @cached_property
+    def train_device(self) -> TrainDevice:
+        return resolve_device(self.spec.train_device)
+
+    @cached_property
+    def example(self) -> torch.Tensor:
+        """One input image, as the models take it: what exports and traces run on."""
+        return self.data.train.head(1)
 
     @cached_property
     def teacher(self):

@@ -50,6 +50,7 @@ class Backend(Protocol):
     def predict_logits(self, path: Path, x: Any) -> np.ndarray: ...
     def accuracy(self, path: Path, x: Any, y: Any) -> float: ...
     def size_mb(self, path: Path) -> float: ...
+    def predictor(self, path: Path) -> Any: ...  # a function: a batch of inputs -> its logits (numpy)
 
     # -- what the stages call ------------------------------------------------------------------
     def runtime_missing(self) -> str | None:
@@ -83,9 +84,10 @@ class Backend(Protocol):
         """The device's settings a latency depends on (a Jetson's power mode and clocks), recorded
         with every measurement made here; {} where there are none to read."""
 
-    def stand_in_accuracy(self, path: Path, x: Any, y: Any) -> tuple[float, str] | None:
-        """Accuracy of the closest runnable stand-in where the runtime is not here, with its name;
-        None when there is none (the caller then uses the torch model)."""
+    def accuracy_stand_in(self, path: Path) -> tuple[Backend, Path, str] | None:
+        """Where the runtime is not here: the closest runnable stand-in for the artifact at `path`
+        (a backend, the file it runs, and how to name it); None when there is none (the caller
+        then measures the torch model)."""
 
 
 def get_backend(name: str) -> Backend:
@@ -102,6 +104,16 @@ def get_backend(name: str) -> Backend:
 
 # Helpers shared by the backend modules. They live here, not in a backend, because a backend
 # module imports its runtime at import time and the others must not depend on it.
+
+
+def artifact_accuracy(backend: Backend, path: Path, split: Any, batch_size: int = 256) -> float:
+    """Top-1 accuracy of the artifact at `path` on a split (edgekd.data.Split), batch by batch: the
+    split may stream from disk, and only one batch is in memory at a time."""
+    run = backend.predictor(path)
+    correct = 0
+    for images, labels, _ in split.batches(batch_size):
+        correct += int((np.argmax(run(images), axis=1) == labels.numpy()).sum())
+    return correct / max(1, len(split))
 
 
 def require_file(path: Path) -> Path:

@@ -437,9 +437,14 @@ def timed_path(path: Path) -> Path:
     return Path(path)
 
 
-def stand_in_accuracy(path: Path, x, y) -> tuple[float, str] | None:
+def accuracy_stand_in(path: Path):
     return None  # no runtime runs an ML Program off macOS: the torch model stands in
 
 
 def device_conditions() -> dict[str, str]:
     return {}
+
+
+def predictor(path: Path):
+    """A function batch -> logits (macOS only); loads the package on each call."""
+    return lambda x: predict_logits(path, x)

@@ -153,14 +153,17 @@ def predict_logits(
     path: Path, x: np.ndarray | torch.Tensor, *, batch_size: int = 256
 ) -> np.ndarray:
     """Model outputs for all samples in `x` ([N, C, H, W]), computed `batch_size` at a time."""
+    run = predictor(path)
+    inputs = to_numpy(x)
+    chunks = [run(inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)]
+    return np.concatenate(chunks) if chunks else np.empty((0,), dtype=np.float32)
+
+
+def predictor(path: Path):
+    """A function batch -> logits over one onnxruntime session."""
     session = _session(path)
     input_name = session.get_inputs()[0].name
-    inputs = to_numpy(x)
-    chunks = [
-        session.run(None, {input_name: inputs[start : start + batch_size]})[0]
-        for start in range(0, len(inputs), batch_size)
-    ]
-    return np.concatenate(chunks) if chunks else np.empty((0,), dtype=np.float32)
+    return lambda x: session.run(None, {input_name: to_numpy(x)})[0]
 
 
 def accuracy(
@@ -239,10 +242,8 @@ def timed_path(path: Path) -> Path:
     return Path(path)
 
 
-def stand_in_accuracy(path: Path, x, y) -> tuple[float, str] | None:
-    if not Path(path).exists():
-        return None
-    return accuracy(path, x, y), f"{NAME} artifact"
+def accuracy_stand_in(path: Path):
+    return (sys.modules[__name__], Path(path), f"{NAME} artifact") if Path(path).exists() else None
 
 
 def device_conditions() -> dict[str, str]:

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edgekd.backends import get_backend
+from edgekd.backends import artifact_accuracy, get_backend
 from edgekd.io import write_json
 from edgekd.latency.predicted import predicted_latency
 from edgekd.latency.records import append_record
@@ -113,10 +113,11 @@ def _accuracy(ctx: RunContext, backend, path: Path, model, *, runtime_here: bool
     closest stand-in that runs here (the backend's, else the torch model), named in the source."""
     test = ctx.data.test
     if runtime_here and path.exists():
-        return backend.accuracy(path, test.x, test.y), f"{backend.NAME} artifact"
-    stand_in = backend.stand_in_accuracy(path, test.x, test.y)
+        return artifact_accuracy(backend, path, test), f"{backend.NAME} artifact"
+    stand_in = backend.accuracy_stand_in(path)
     if stand_in is not None:
-        return stand_in
+        runner, file, name = stand_in
+        return artifact_accuracy(runner, file, test), name
     return evaluate_accuracy(model, test), "torch model the artifact was converted from (the runtime is not here)"
 
 

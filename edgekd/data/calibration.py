@@ -4,8 +4,8 @@ A manifest is a YAML file (read with `safe_load`; calibration/README.md has the 
 names its inputs in one of two ways:
 
 - `images`: image files, paths relative to the manifest, decoded exactly as the image-folder
-  dataset loader decodes training images (edgekd/data/image_folder.py: 8-bit gray or RGB,
-  bilinear resize to the input size, scaled to [0, 1]), so calibration sees what training saw;
+  dataset loader decodes training images (edgekd/data/files.py: 8-bit gray or RGB, resized and
+  centre-cropped to the input size, scaled to [0, 1]), so calibration sees what training saw;
 - `dataset` + `split` + `indices` or `first`: samples of a dataset edgekd loads itself
   ("digits" for the built-in one, else a folder path relative to the manifest).
 
@@ -21,11 +21,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from edgekd.config import read_yaml_mapping
-from edgekd.data import image_folder
+from edgekd.config import DataConfig, read_yaml_mapping
+from edgekd.data.files import GRAY_MODES, Decoding, decode
 from edgekd.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -96,7 +95,8 @@ def _check_fields(m: CalibrationManifest) -> None:
             raise UserError(f"{where}: `indices` must be a non-empty list of integers >= 0")
 
 
-def load_calibration(manifest_path: str | Path, input_shape: tuple[int, ...] | list[int]) -> torch.Tensor:
+def load_calibration(manifest_path: str | Path, input_shape: tuple[int, ...] | list[int], *,
+                     crop_fraction: float = 0.875) -> torch.Tensor:
     """The manifest's inputs as float32 (N, C, H, W) in [0, 1], for a model taking `input_shape`
     [C, H, W]. Missing files, undecodable images, bad indices or a shape that is not the model's
     raise UserError."""
@@ -107,12 +107,12 @@ def load_calibration(manifest_path: str | Path, input_shape: tuple[int, ...] | l
             f"calibration manifest {manifest.path} was made for input shape {manifest.input_shape}, "
             f"but the model takes {wanted}; use a manifest made for this model's input"
         )
-    x = _load_images(manifest) if manifest.images else _load_dataset_samples(manifest)
+    x = _load_images(manifest, crop_fraction) if manifest.images else _load_dataset_samples(manifest)
     log.info("calibration: %s: %d inputs %s from %s", manifest.name, len(x), list(x.shape[1:]), manifest.source)
     return x
 
 
-def _load_images(m: CalibrationManifest) -> torch.Tensor:
+def _load_images(m: CalibrationManifest, crop_fraction: float) -> torch.Tensor:
     c, h, w = m.input_shape
     if h != w:
         # The dataset loader resizes to a square image_size; calibration must match training.
@@ -128,32 +128,38 @@ def _load_images(m: CalibrationManifest) -> torch.Tensor:
             f"calibration manifest {m.path}: {len(missing)} of {len(paths)} image files are missing: {shown}{more}; "
             "paths are relative to the manifest's folder"
         )
-    arrays = []
-    for path in paths:
-        array, gray = image_folder._decode(path, h)  # the training loader's decode, reused on purpose
-        if c == 1 and not gray:
-            raise UserError(f"calibration image '{path}' is in color, but the model takes 1 channel")
-        if c == 3 and gray:
-            array = np.repeat(array[..., None], 3, axis=2)  # as the loader does for mixed trees
-        arrays.append(array[None] if c == 1 else array.transpose(2, 0, 1))
-    return torch.from_numpy(np.stack(arrays).astype(np.float32) / 255.0)
+    decoding = Decoding(image_size=h, channels=c, crop_fraction=crop_fraction)
+    # The training loader's decoding, reused on purpose: calibration must see what training saw.
+    images = torch.stack([decode(path, decoding) for path in paths])  # a broken file: a UserError naming it
+    colour = [path for path in paths if c == 1 and not _is_gray(path)]
+    if colour:
+        raise UserError(f"calibration image '{colour[0]}' is in color, but the model takes 1 channel")
+    return images
+
+
+def _is_gray(path: Path) -> bool:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.mode in GRAY_MODES
 
 
 def _load_dataset_samples(m: CalibrationManifest) -> torch.Tensor:
     from edgekd.data.datasets import load_dataset
 
     source: Any = None if m.dataset == BUILTIN_DATASET else m.path.parent / str(m.dataset)
-    splits = load_dataset(source, seed=m.seed, image_size=m.input_shape[1])
+    c, h, _ = m.input_shape
+    splits = load_dataset(source, seed=m.seed, settings=DataConfig(image_size=h, channels=c) if source else None)
     split = getattr(splits, m.split)
-    got = list(split.x.shape[1:])
+    got = list(split.input_shape)
     if got != m.input_shape:
         raise UserError(f"{m.path}: dataset {m.dataset} gives inputs of shape {got}, not the declared {m.input_shape}")
     if m.first is not None:
         if m.first > len(split):
             log.warning("calibration: %s asks for the first %d samples; split %s has %d", m.path, m.first,
                         m.split, len(split))
-        return split.x[: m.first].clone()
+        return split.head(m.first).clone()
     bad = [i for i in m.indices or [] if i >= len(split)]
     if bad:
         raise UserError(f"{m.path}: indices {bad[:_SHOWN_MISSING]} are beyond split {m.split} ({len(split)} samples)")
-    return split.x[torch.tensor(m.indices)].clone()
+    return split.images(torch.tensor(m.indices)).clone()

@@ -1,72 +1,31 @@
-"""Datasets as in-memory tensors: the built-in digits set, MNIST-style IDX folders, image folders.
+"""Datasets split three ways: the built-in digits set and MNIST-style IDX folders (small, held in
+memory as tensors), and image folders (streamed from disk by a DataLoader; edgekd/data/files.py).
 
-Everything fits in memory (Fashion-MNIST as float32 is ~220 MB), which keeps training loops
-simple and splits exactly reproducible.
+The split of an image folder is a list of files, deterministic for a seed, and saved in the run
+dir (`DatasetSplits.file_lists`), so a resumed run trains on exactly the same files.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from edgekd.config import DataConfig
 from edgekd.data import idx, image_folder
+from edgekd.data.files import Decoding, FileImages
+from edgekd.data.normalise import NO_NORMALISATION_TEXT, normalisation_for
+from edgekd.data.split import Split
 from edgekd.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 DIGITS_SOURCE = "sklearn.datasets.load_digits"
-
-
-@dataclass(eq=False)
-class Split:
-    """One split: x (N, C, H, W) float32 in [0, 1], y (N,) int64 class indices."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __post_init__(self) -> None:
-        if self.x.ndim != 4 or self.y.ndim != 1 or len(self.x) != len(self.y):
-            shapes = f"{tuple(self.x.shape)} and {tuple(self.y.shape)}"
-            raise ValueError(f"Split needs x (N, C, H, W) and y (N,) of equal N; got {shapes}")
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def batches(
-        self,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x, y) batches; the last one may be smaller.
-
-        Shuffling never touches the global RNG: without a generator it uses seed 0, so pass
-        one generator across epochs to get a new order each epoch.
-        """
-        if batch_size < 1:
-            raise UserError(f"batch_size must be at least 1, got {batch_size}")
-        if shuffle:
-            if generator is None:
-                generator = torch.Generator().manual_seed(0)
-            order = torch.randperm(len(self), generator=generator)
-            for start in range(0, len(self), batch_size):
-                chosen = order[start : start + batch_size]
-                yield self.x[chosen], self.y[chosen]
-        else:
-            for start in range(0, len(self), batch_size):
-                yield self.x[start : start + batch_size], self.y[start : start + batch_size]
-
-    def subset(self, n: int) -> Split:
-        """The first n samples (all of them if n >= len); splits are stored class-interleaved."""
-        if n < 0:
-            raise ValueError(f"subset size must be >= 0, got {n}")
-        return Split(self.x[:n], self.y[:n])
 
 
 @dataclass(eq=False)
@@ -79,11 +38,12 @@ class DatasetSplits:
     val: Split
     test: Split
     source: str
+    image_size_origin: str = "the data's own size"  # how the input size was decided, for the report
+    preprocessing: str = NO_NORMALISATION_TEXT  # what the models' inputs are, for artifacts and the report
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.train.x.shape[1:]
-        return (int(c), int(h), int(w))
+        return self.train.input_shape
 
     @property
     def num_classes(self) -> int:
@@ -97,9 +57,25 @@ class DatasetSplits:
             "n_val": len(self.val),
             "n_test": len(self.test),
             "input_shape": list(self.input_shape),
+            "image_size_origin": self.image_size_origin,
+            "preprocessing": self.preprocessing,
             "classes": self.num_classes,
+            "class_names": self.classes,
             "source": self.source,
         }
+
+    def file_lists(self) -> dict[str, Any] | None:
+        """For an image folder: each split's files (relative to the folder) and labels; None
+        for data held in memory."""
+        if not isinstance(self.train.source, FileImages):
+            return None
+        root = Path(self.source)
+        decoding = self.train.source.decoding
+        return {"root": str(root), "classes": self.classes, "image_size": decoding.image_size,
+                "channels": decoding.channels, "image_size_origin": self.image_size_origin,
+                "splits": {name: [[str(path.relative_to(root)), int(label)]
+                                  for path, label in zip(split.source.paths, split.y.tolist())]
+                           for name, split in (("train", self.train), ("val", self.val), ("test", self.test))}}
 
 
 # --- splitting -------------------------------------------------------------------------------
@@ -134,27 +110,35 @@ def split_indices(
     return [order[start:], *parts]
 
 
-def _check_fractions(val_fraction: float, test_fraction: float) -> None:
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0 < value < 1:
-            raise UserError(f"{name} must be between 0 and 1 (exclusive), got {value}")
-    if val_fraction + test_fraction >= 1:
-        raise UserError(
-            f"val_fraction + test_fraction must be below 1, got {val_fraction} + {test_fraction}"
-        )
-
-
-def _to_split(x: np.ndarray, y: np.ndarray, scale: float) -> Split:
-    """uint8/float array (N, C, H, W) -> float32 tensor in [0, 1]."""
+def _to_split(x: np.ndarray, y: np.ndarray, scale: float, settings: DataConfig) -> Split:
+    """uint8/float array (N, C, H, W) -> float32 tensor in [0, 1], as data.channels channels, then
+    normalised as the teacher's inputs."""
     values = x.astype(np.float32)  # a fresh, writable copy: safe to scale in place and share
     values /= scale
-    return Split(torch.from_numpy(values), torch.from_numpy(np.asarray(y, dtype=np.int64)))
+    images = convert_channels(torch.from_numpy(values), settings.channels)
+    normalisation = normalisation_for(settings, images.shape[1])
+    if normalisation is not None:
+        images = normalisation.apply(images)
+    return Split(images, torch.from_numpy(np.asarray(y, dtype=np.int64)))
+
+
+def convert_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """Gray (N, 1, H, W) to RGB by repeating, RGB to gray by luminance (ITU-R 601, as Pillow's
+    convert("L")); unchanged when `channels` is None or already right."""
+    if channels is None or x.shape[1] == channels:
+        return x
+    if channels == 3 and x.shape[1] == 1:
+        return x.repeat(1, 3, 1, 1)
+    if channels == 1 and x.shape[1] == 3:
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
+        return (x * weights).sum(1, keepdim=True)
+    raise UserError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
 
 
 # --- loaders ---------------------------------------------------------------------------------
 
 
-def _load_digits(seed: int, val_fraction: float, test_fraction: float) -> DatasetSplits:
+def _load_digits(seed: int, settings: DataConfig) -> DatasetSplits:
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:
@@ -166,107 +150,137 @@ def _load_digits(seed: int, val_fraction: float, test_fraction: float) -> Datase
     x = bunch.images[:, None]  # (N, 1, 8, 8), values 0..16
     y = bunch.target.astype(np.int64)
     rng = np.random.default_rng(seed)
-    train, val, test = split_indices(y, (val_fraction, test_fraction), rng, "the digits dataset")
+    fractions = (settings.val_fraction, settings.test_fraction)
+    train, val, test = split_indices(y, fractions, rng, "the digits dataset")
     return DatasetSplits(
         name="digits",
         classes=[str(i) for i in range(10)],
-        train=_to_split(x[train], y[train], 16.0),
-        val=_to_split(x[val], y[val], 16.0),
-        test=_to_split(x[test], y[test], 16.0),
+        train=_to_split(x[train], y[train], 16.0, settings),
+        val=_to_split(x[val], y[val], 16.0, settings),
+        test=_to_split(x[test], y[test], 16.0, settings),
         source=DIGITS_SOURCE,
+        preprocessing=_describe(settings, 1 if settings.channels is None else settings.channels),
     )
 
 
-def _load_idx(root: Path, files: dict[str, Path], seed: int, val_fraction: float) -> DatasetSplits:
+def _load_idx(root: Path, files: dict[str, Path], seed: int, settings: DataConfig) -> DatasetSplits:
     data = idx.read_idx_folder(files)
+    if settings.image_size is not None and settings.image_size != data.train_images.shape[1]:
+        raise UserError(f"'{root}' holds {data.train_images.shape[1]}x{data.train_images.shape[2]} IDX images; "
+                        f"data.image_size {settings.image_size} cannot resize them (leave it unset)")
     rng = np.random.default_rng(seed)
     what = f"'{files[idx.TRAIN_IMAGES]}'"
-    train, val = split_indices(data.train_labels, (val_fraction,), rng, what)
+    train, val = split_indices(data.train_labels, (settings.val_fraction,), rng, what)
     all_labels = np.concatenate([data.train_labels, data.test_labels])
     # Index the uint8 arrays before converting, so only the kept pixels become float32.
     return DatasetSplits(
         name=root.name,
         classes=idx.idx_class_names(root.name, all_labels),
-        train=_to_split(data.train_images[train][:, None], data.train_labels[train], 255.0),
-        val=_to_split(data.train_images[val][:, None], data.train_labels[val], 255.0),
-        test=_to_split(data.test_images[:, None], data.test_labels, 255.0),
+        train=_to_split(data.train_images[train][:, None], data.train_labels[train], 255.0, settings),
+        val=_to_split(data.train_images[val][:, None], data.train_labels[val], 255.0, settings),
+        test=_to_split(data.test_images[:, None], data.test_labels, 255.0, settings),
         source=str(root),
+        preprocessing=_describe(settings, 1 if settings.channels is None else settings.channels),
     )
 
 
-def _shuffled(data: image_folder.FolderData, rng: np.random.Generator) -> image_folder.FolderData:
-    # Folder trees are read class by class; shuffle so `subset(n)` is not all one class.
-    order = rng.permutation(len(data.y))
-    return image_folder.FolderData(data.x[order], data.y[order])
-
-
-def _load_image_folder(
-    root: Path, seed: int, image_size: int, val_fraction: float, test_fraction: float
-) -> DatasetSplits:
+def _load_image_folder(root: Path, seed: int, settings: DataConfig, teacher_size: int | None) -> DatasetSplits:
+    scan = image_folder.scan_folder(root, image_folder.read_class_order(settings.classes))
+    image_size, origin = _image_size(scan, settings, teacher_size)
+    channels = settings.channels or (1 if scan.all_gray else 3)
+    decoding = Decoding(image_size=image_size, channels=channels, crop_fraction=settings.crop_fraction,
+                        normalisation=normalisation_for(settings, channels))
     rng = np.random.default_rng(seed)
-    if image_folder.is_split_layout(root):
-        classes = image_folder.scan_classes(root / "train")
-        trees = {s: root / s for s in image_folder.SPLIT_NAMES if (root / s).is_dir()}
-        for split_name, tree in trees.items():
-            if split_name != "train":
-                image_folder.check_same_classes(tree, classes)
-    else:
-        classes = image_folder.scan_classes(root)
-        trees = {"train": root}
-    data = image_folder.read_trees(trees, classes, image_size)
-
+    files = {name: (np.array(paths, dtype=object), np.array(labels, dtype=np.int64))
+             for name, (paths, labels) in scan.files.items()}
     # Split off from train whichever of val/test has no folder of its own.
-    fractions = {"val": val_fraction, "test": test_fraction}
-    wanted = [s for s in ("val", "test") if s not in data]
-    train = data["train"]
+    wanted = [name for name in ("val", "test") if name not in files]
     if wanted:
-        what = f"'{trees['train']}'"
-        rest, *parts = split_indices(train.y, [fractions[s] for s in wanted], rng, what)
-        for split_name, part in zip(wanted, parts):
-            data[split_name] = image_folder.FolderData(train.x[part], train.y[part])
-        data["train"] = image_folder.FolderData(train.x[rest], train.y[rest])
-    for split_name in trees:
-        data[split_name] = _shuffled(data[split_name], rng)
+        paths, labels = files["train"]
+        fractions = {"val": settings.val_fraction, "test": settings.test_fraction}
+        rest, *parts = split_indices(labels, [fractions[name] for name in wanted], rng, f"'{root}'")
+        for name, part in zip(wanted, parts):
+            files[name] = paths[part], labels[part]
+        files["train"] = paths[rest], labels[rest]
+    splits = {}
+    for name in ("train", "val", "test"):
+        paths, labels = files[name]
+        order = rng.permutation(len(labels))  # class-interleaved, so a head or subset is fair
+        splits[name] = Split(FileImages(list(paths[order]), decoding), torch.from_numpy(labels[order]),
+                             workers=settings.workers)
+    return DatasetSplits(name=root.name, classes=scan.classes, source=str(root), image_size_origin=origin,
+                         preprocessing=_describe(settings, channels, decoding), **splits)
 
-    return DatasetSplits(
-        name=root.name,
-        classes=classes,
-        train=_to_split(data["train"].x, data["train"].y, 255.0),
-        val=_to_split(data["val"].x, data["val"].y, 255.0),
-        test=_to_split(data["test"].x, data["test"].y, 255.0),
-        source=str(root),
-    )
+
+def _describe(settings: DataConfig, channels: int, decoding: Decoding | None = None) -> str:
+    normalisation = normalisation_for(settings, channels)
+    text = normalisation.describe() if normalisation is not None else NO_NORMALISATION_TEXT
+    if decoding is not None:
+        text = (f"images resized (shorter side to {decoding.resize_to()} px) and centre-cropped to "
+                f"{decoding.image_size}x{decoding.image_size}, {'gray' if channels == 1 else 'RGB'}; {text}")
+    return text
+
+
+def _image_size(scan: image_folder.FolderScan, settings: DataConfig, teacher_size: int | None) -> tuple[int, str]:
+    """data.image_size, else the images' own size when they share one square size, else the
+    teacher's input size; never a silent downscale."""
+    if settings.image_size is not None:
+        return settings.image_size, "data.image_size"
+    native = scan.uniform_square_size()
+    if native is not None:
+        return native, "the images' own size"
+    if teacher_size is not None:
+        return teacher_size, "the teacher's input size"
+    raise UserError(f"the images in '{scan.root}' are not all one square size ({scan.describe_sizes()}); choose the "
+                    "size they are resized and centre-cropped to with --image-size (e.g. the teacher's input size)")
+
+
+def load_file_lists(lists: dict[str, Any], settings: DataConfig) -> DatasetSplits:
+    """An image folder's splits exactly as a run saved them (DatasetSplits.file_lists)."""
+    root = Path(lists["root"])
+    decoding = Decoding(image_size=lists["image_size"], channels=lists["channels"],
+                        crop_fraction=settings.crop_fraction,
+                        normalisation=normalisation_for(settings, lists["channels"]))
+    splits = {}
+    for name, rows in lists["splits"].items():
+        missing = [row[0] for row in rows if not (root / row[0]).is_file()]
+        if missing:
+            raise UserError(f"{len(missing)} image(s) of this run's {name} split are gone from '{root}' (e.g. "
+                            f"{missing[0]}); restore them, or start a new run")
+        splits[name] = Split(FileImages([root / row[0] for row in rows], decoding),
+                             torch.tensor([row[1] for row in rows], dtype=torch.int64), workers=settings.workers)
+    return DatasetSplits(name=root.name, classes=lists["classes"], source=str(root),
+                         image_size_origin=lists.get("image_size_origin", "the run's saved split"),
+                         preprocessing=_describe(settings, lists["channels"], decoding), **splits)
 
 
 def load_dataset(
     path: str | Path | None = None,
     *,
     seed: int = 0,
-    image_size: int = 32,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
+    settings: DataConfig | None = None,
+    teacher_size: int | None = None,
 ) -> DatasetSplits:
     """Load a dataset and split it into train/val/test; the same seed gives the same splits.
 
     - None: scikit-learn's 8x8 digits (1,797 images), split by the fractions.
     - a folder of MNIST IDX files: train/test from the files, val split off train
       (test_fraction unused); images keep their 28x28 size.
-    - an image-folder tree DIR/<class>/<image>, or DIR/train|val|test/<class>/<image>:
-      images resized to image_size; a missing val/ or test/ is split off train.
+    - an image-folder tree DIR/<class>/<image>, or DIR/train|val|test/<class>/<image>: streamed
+      from disk; a missing val/ or test/ is split off train; sized by `settings.image_size`, else
+      the images' own size when uniform, else `teacher_size` (the teacher's input size).
     """
-    _check_fractions(val_fraction, test_fraction)
+    settings = settings or DataConfig()
     if path is None:
-        splits = _load_digits(seed, val_fraction, test_fraction)
+        splits = _load_digits(seed, settings)
     else:
         root = _resolve(path)
         files = idx.find_idx_files(root)
         if files is not None:
-            splits = _load_idx(root, files, seed, val_fraction)
+            splits = _load_idx(root, files, seed, settings)
         else:
-            if image_size < 1:
-                raise UserError(f"image_size must be at least 1, got {image_size}")
-            splits = _load_image_folder(root, seed, image_size, val_fraction, test_fraction)
-    logger.info("loaded dataset %s", splits.summary())
+            splits = _load_image_folder(root, seed, settings, teacher_size)
+    logger.info("loaded dataset %s", {k: v for k, v in splits.summary().items() if k != "class_names"})
     return splits
 
 

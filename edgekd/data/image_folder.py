@@ -1,21 +1,20 @@
-"""Reader for image-folder trees: DIR/<class>/<image>.png, optionally under DIR/train, val, test.
+"""Image-folder trees: DIR/<class>/<image>, optionally under DIR/train, val, test.
 
+Scanning reads each file's header only (size and colour mode), never its pixels: a folder of a
+million JPEGs is listed in seconds and holds no image in memory. The class order is the sorted
+folder names (as torchvision's ImageFolder) unless the user gives the teacher's own order.
 Pillow is imported on first use so that `import edgekd` stays light.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
-
+from edgekd.data.files import GRAY_MODES
 from edgekd.errors import UserError
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -23,17 +22,29 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
 SPLIT_NAMES = ("train", "val", "test")
 LAYOUT_HINT = "DIR/<class>/<image>.png"
 
-# Pillow modes with a single intensity channel (alpha, if any, is dropped).
-_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
-
 
 @dataclass(eq=False)
-class FolderData:
-    """Decoded images of one class tree: x uint8 (N, C, H, W), y int64 (N,)."""
+class FolderScan:
+    """What a tree holds: per split found on disk, its files and labels; and the images' sizes and
+    whether all of them are grayscale."""
 
-    x: np.ndarray
-    y: np.ndarray
+    root: Path
+    classes: list[str]
+    files: dict[str, tuple[list[Path], list[int]]]
+    sizes: Counter = field(default_factory=Counter)  # (width, height) -> count
+    all_gray: bool = True
+
+    def uniform_square_size(self) -> int | None:
+        """The one size every image has, when they all share one square size; else None."""
+        if len(self.sizes) == 1:
+            (width, height), = self.sizes
+            if width == height:
+                return width
+        return None
+
+    def describe_sizes(self, shown: int = 4) -> str:
+        common = ", ".join(f"{w}x{h} ({n})" for (w, h), n in self.sizes.most_common(shown))
+        return common + (f" and {len(self.sizes) - shown} more" if len(self.sizes) > shown else "")
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
@@ -50,22 +61,30 @@ def is_split_layout(root: Path) -> bool:
     return "train" in names and names <= set(SPLIT_NAMES)
 
 
-def scan_classes(root: Path) -> list[str]:
-    """Sorted class folder names under root; at least two are required."""
-    classes = [p.name for p in _visible_dirs(root)]
-    if len(classes) < 2:
-        raise UserError(
-            f"found {len(classes)} class folder(s) in '{root}'; need at least 2, "
-            f"laid out as {LAYOUT_HINT}"
-        )
-    return classes
+def scan_classes(root: Path, order: list[str] | None = None) -> list[str]:
+    """The class folder names under root: sorted, or in `order` (the teacher's label order),
+    which must name exactly the folders there; at least two classes are required."""
+    found = [p.name for p in _visible_dirs(root)]
+    if len(found) < 2:
+        raise UserError(f"found {len(found)} class folder(s) in '{root}'; need at least 2, laid out as {LAYOUT_HINT}")
+    if order is None:
+        return found
+    if len(set(order)) != len(order):
+        repeated = sorted({name for name in order if order.count(name) > 1})
+        raise UserError(f"the class order names {repeated} more than once")
+    if set(order) != set(found):
+        missing, extra = sorted(set(found) - set(order)), sorted(set(order) - set(found))
+        parts = [f"folders not in the class order: {missing}" if missing else "",
+                 f"classes without a folder: {extra}" if extra else ""]
+        raise UserError(f"the class order does not match the folders of '{root}': "
+                        + "; ".join(part for part in parts if part))
+    return list(order)
 
 
-def _image_files(class_dir: Path) -> list[Path]:
+def image_files(class_dir: Path) -> list[Path]:
     # Hidden files include macOS "._x.png" resource forks, which are not images.
     files = sorted(
-        p
-        for p in class_dir.iterdir()
+        p for p in class_dir.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     )
     if not files:
@@ -74,82 +93,73 @@ def _image_files(class_dir: Path) -> list[Path]:
     return files
 
 
-def _to_8bit(img: Image.Image) -> tuple[Image.Image, bool]:
-    """Convert to mode "L" or "RGB"; the flag says whether the source was grayscale."""
-    from PIL import Image
-
-    if img.mode in _SIXTEEN_BIT_MODES:
-        # Pillow's convert("L") clips 16-bit values at 255; scale to 8 bits instead.
-        values = np.clip(np.asarray(img, dtype=np.int64), 0, 65535) >> 8
-        return Image.fromarray(values.astype(np.uint8), mode="L"), True
-    if img.mode in _GRAY_MODES:
-        return img.convert("L"), True
-    if img.mode == "P":
-        # GIFs and palette PNGs are often gray; only their palette tells.
-        rgb = np.asarray(img.convert("RGB"))
-        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
-            return img.convert("L"), True
-    return img.convert("RGB"), False
-
-
-def _decode(path: Path, image_size: int) -> tuple[np.ndarray, bool]:
-    """One image resized to image_size x image_size: (H, W) if gray, else (H, W, 3)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img8, gray = _to_8bit(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        # UnidentifiedImageError is an OSError; SyntaxError/ValueError come from bad headers.
-        raise UserError(f"cannot decode image '{path}' ({e}); fix or delete it") from e
-    resized = img8.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8), gray
-
-
-def _decode_tree(
-    root: Path, classes: list[str], image_size: int
-) -> tuple[list[np.ndarray], list[int], bool]:
-    """Decode every image of every class; returns arrays, labels and whether all were gray."""
-    arrays: list[np.ndarray] = []
-    labels: list[int] = []
-    all_gray = True
-    for label, name in enumerate(classes):
-        for path in _image_files(root / name):
-            array, gray = _decode(path, image_size)
-            arrays.append(array)
-            labels.append(label)
-            all_gray = all_gray and gray
-    return arrays, labels, all_gray
-
-
-def _stack(arrays: list[np.ndarray], labels: list[int], channels: int) -> FolderData:
-    """Stack decoded images into (N, C, H, W); gray images are repeated to 3 channels if needed."""
-    if channels == 1:
-        x = np.stack(arrays)[:, None]
+def scan_folder(root: Path, class_order: list[str] | None = None) -> FolderScan:
+    """List every image of the tree (train/val/test sub-trees when present) with its label, and
+    read each header for its size and colour mode."""
+    if is_split_layout(root):
+        classes = scan_classes(root / "train", class_order)
+        trees = {name: root / name for name in SPLIT_NAMES if (root / name).is_dir()}
+        for name, tree in trees.items():
+            if name != "train":
+                check_same_classes(tree, classes)
     else:
-        rgb = [a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in arrays]
-        x = np.stack(rgb).transpose(0, 3, 1, 2)
-    return FolderData(np.ascontiguousarray(x), np.asarray(labels, dtype=np.int64))
+        classes = scan_classes(root, class_order)
+        trees = {"train": root}
+    scan = FolderScan(root=root, classes=classes, files={})
+    for split_name, tree in trees.items():
+        paths, labels = [], []
+        for label, name in enumerate(classes):
+            for path in image_files(tree / name):
+                paths.append(path)
+                labels.append(label)
+        scan.files[split_name] = (paths, labels)
+    _read_headers(scan)
+    logger.debug("scanned %s: %s, sizes %s", root, {k: len(v[0]) for k, v in scan.files.items()},
+                 scan.describe_sizes())
+    return scan
 
 
-def read_trees(
-    trees: dict[str, Path], classes: list[str], image_size: int
-) -> dict[str, FolderData]:
-    """Decode several class trees (e.g. train/ and test/) with one shared channel count.
+def _read_headers(scan: FolderScan) -> None:
+    from PIL import Image
 
-    Channels are 1 only if every image in every tree is grayscale, so all splits match.
-    """
-    decoded = {split: _decode_tree(root, classes, image_size) for split, root in trees.items()}
-    channels = 1 if all(gray for _, _, gray in decoded.values()) else 3
-    logger.debug("decoded %s; channels=%d", {k: len(v[0]) for k, v in decoded.items()}, channels)
-    return {split: _stack(arr, labels, channels) for split, (arr, labels, _) in decoded.items()}
+    for paths, _ in scan.files.values():
+        for path in paths:
+            try:
+                with Image.open(path) as img:  # lazy: reads the header, not the pixels
+                    scan.sizes[img.size] += 1
+                    scan.all_gray = scan.all_gray and _looks_gray(img)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                raise UserError(f"cannot read image '{path}' ({exc}); fix or delete it") from exc
+
+
+def _looks_gray(img) -> bool:
+    if img.mode in GRAY_MODES:
+        return True
+    if img.mode == "P":  # GIFs and palette PNGs are often gray; only their palette tells
+        palette = img.getpalette() or []
+        triples = [palette[i : i + 3] for i in range(0, len(palette), 3)]
+        return all(r == g == b for r, g, b in triples)
+    return False
+
+
+def read_class_order(value: list[str] | str | None) -> list[str] | None:
+    """The class order as given: a list, or a file with one class name per line."""
+    if value is None or isinstance(value, list):
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise UserError(f"class order file '{value}' does not exist (data.classes: a list of names or a file "
+                        "with one class name per line)")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise UserError(f"class order file '{value}' is empty")
+    return names
 
 
 def check_same_classes(split_root: Path, classes: list[str]) -> None:
     """A val/ or test/ tree must have exactly train/'s class folders."""
     found = [p.name for p in _visible_dirs(split_root)]
-    if found == classes:
+    if sorted(found) == sorted(classes):
         return
     missing = sorted(set(classes) - set(found))
     extra = sorted(set(found) - set(classes))

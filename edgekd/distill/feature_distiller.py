@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from edgekd.data import Split
 from edgekd.distill.feature_losses import (
     DEFAULT_WEIGHTS,
     FeatureTap,
@@ -26,6 +27,7 @@ from edgekd.distill.feature_losses import (
     nd_loss,
 )
 from edgekd.errors import UserError
+from edgekd.training.evaluate import model_device
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,9 @@ class FeatureDistiller(nn.Module):
     """`weight * feature_loss(student features, teacher features)` for one training step.
 
     Build it on the fp32 student; `watch(model)` then hooks the model being trained (the fp32
-    student, later its fake-quantized copy: the same layer names, see `resolve_name`), and
-    `loss(x, labels)` runs the teacher on the step's batch and returns the weighted term."""
+    student, later its fake-quantized copy: the same layer names, see `resolve_name`), also
+    keeping the batch it was called on; `loss(labels)` runs the teacher on that same batch (the
+    same augmented pixels) and returns the weighted term."""
 
     def __init__(
         self,
@@ -46,8 +49,7 @@ class FeatureDistiller(nn.Module):
         example_input: torch.Tensor,
         *,
         weight: float | None = None,
-        train_x: torch.Tensor | None = None,
-        train_y: torch.Tensor | None = None,
+        train: Split | None = None,
         num_classes: int | None = None,
     ):
         super().__init__()
@@ -58,15 +60,16 @@ class FeatureDistiller(nn.Module):
         inputs = loss == "nd"  # nd reads the classifier's input, the others a layer's output
         self._teacher_tap = FeatureTap(teacher, pairs.teacher, "teacher", inputs=inputs)
         self._student_tap: FeatureTap | None = None
+        self._student_input: torch.Tensor | None = None
         student_shapes, teacher_shapes = self._probe_shapes(student, teacher, example_input)
         self.adapters = nn.ModuleList(
             _adapter(loss, s, t) for s, t in zip(student_shapes, teacher_shapes)
         )
         self.register_buffer("centers", torch.empty(0))
         if loss == "nd":
-            if train_x is None or train_y is None or num_classes is None:
+            if train is None or num_classes is None:
                 raise ValueError("the nd loss needs the training data for the teacher's class centres")
-            self.centers = self._teacher_class_centers(train_x, train_y, num_classes)
+            self.centers = self._teacher_class_centers(train, num_classes)
         log.info("feature KD %s (weight %g) on %s <- teacher %s; the teacher runs a forward pass "
                  "in every training step (features are not cached)",
                  loss, self.weight, pairs.student, pairs.teacher)
@@ -77,23 +80,32 @@ class FeatureDistiller(nn.Module):
         """Hook `model` (the student being trained) for the duration of the block."""
         names = [resolve_name(model, name) for name in self.pairs.student]
         self._student_tap = FeatureTap(model, names, "student", inputs=self.kind == "nd")
+        keep_input = model.register_forward_pre_hook(self._keep_input)
         try:
             yield model
         finally:
+            keep_input.remove()
             self._student_tap.remove()
             self._student_tap = None
+            self._student_input = None
+
+    def _keep_input(self, _module: nn.Module, args: tuple) -> None:
+        self._student_input = args[0]
 
     def close(self) -> None:
         self._teacher_tap.remove()
 
     # ---- the loss ------------------------------------------------------------------------------
-    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The weighted feature term for the batch `x` the student has just run on."""
-        if self._student_tap is None:
-            raise RuntimeError("FeatureDistiller.loss called outside watch(model)")
+    def loss(self, labels: torch.Tensor) -> torch.Tensor:
+        """The weighted feature term for the batch the watched student has just run on."""
+        if self._student_tap is None or self._student_input is None:
+            raise RuntimeError("FeatureDistiller.loss called outside watch(model), or before the model ran")
         student_features = self._student_tap.take()
         teacher = self.teacher[0]
         teacher.eval()
+        x = self._student_input
+        if model_device(teacher) != x.device:
+            teacher.to(x.device)  # the teacher follows the student to the training device
         with torch.no_grad():
             teacher(x)
         teacher_features = self._teacher_tap.take()
@@ -121,13 +133,13 @@ class FeatureDistiller(nn.Module):
                                   f"{s_name!r} gives {list(s)}, teacher {t_name!r} gives {list(t)}")
         return student_shapes, teacher_shapes
 
-    def _teacher_class_centers(self, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    def _teacher_class_centers(self, train: Split, num_classes: int) -> torch.Tensor:
         """ND's class centres: the mean teacher embedding per class over the training set."""
         embeddings = []
-        for start in range(0, len(x), 512):
-            _eval_forward(self.teacher[0], x[start : start + 512])
+        for images, _, _ in train.batches(256):
+            _eval_forward(self.teacher[0], images)
             embeddings.append(self._teacher_tap.take()[0].flatten(1))
-        return class_centers(torch.cat(embeddings), y, num_classes)
+        return class_centers(torch.cat(embeddings), train.y, num_classes)
 
 
 def resolve_name(model: nn.Module, name: str) -> str:

@@ -20,6 +20,7 @@ distill.mode "qat" then trains it with the same KD loss; "ptq" ships the calibra
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from typing import Any
 
@@ -32,12 +33,13 @@ from edgekd.distill.feature_losses import choose_layer_pairs
 from edgekd.distill.losses import make_kd_loss
 from edgekd.distill.student_init import check_init, initialise_student_
 from edgekd.distill.teacher_outputs import TeacherOutputCache
-from edgekd.io import save_torch, write_json
+from edgekd.io import first_line, save_torch, write_json
 from edgekd.models.student import student_from_record
 from edgekd.quantizers import get_quantizer
 from edgekd.results import DistillResult
 from edgekd.run import RunContext
-from edgekd.training import evaluate_accuracy, fit
+from edgekd.training import TrainDevice, evaluate_accuracy, fit
+from edgekd.training.device import CPU
 
 log = logging.getLogger(__name__)
 
@@ -57,27 +59,30 @@ def run(ctx: RunContext) -> DistillResult:
     calibration = calibration_inputs(ctx)  # a bad manifest fails before training, not after
     torch.manual_seed(ctx.spec.seed)
     student = student_from_record(ctx, arch)
-    init = initialise_student_(student, arch, settings.init, teacher.model, teacher.arch, data.train.x[:2])
+    init = initialise_student_(student, arch, settings.init, teacher.model, teacher.arch, data.train.head(2))
     features = make_feature_distiller(settings, student, teacher.model, data)  # bad layer names fail here
     augmentation = (Augmentation(seed=ctx.spec.seed, shift_px=settings.augment_shift_px,
                                  hflip=settings.augment_hflip) if settings.augment else None)
     # Each augmentation epoch is computed on first use, so early stopping saves the rest.
     teacher_outputs = TeacherOutputCache(
-        teacher.model, data.train.x, k=settings.teacher_top_k or data.num_classes, augmentation=augmentation,
+        teacher.model, data.train, k=settings.teacher_top_k or data.num_classes, augmentation=augmentation,
         n_epochs=max(settings.epochs, settings.qat_epochs), value_dtype=settings.teacher_cache_dtype)
 
     def kd_loss(logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, epoch: int) -> torch.Tensor:
-        loss = objective(logits, teacher_outputs.logits(index, epoch), labels)
-        if features is not None:  # the teacher must see the same augmented pixels as the student
-            loss = loss + features.loss(teacher_outputs.inputs(data.train.x[index], index, epoch), labels)
+        loss = objective(logits, teacher_outputs.logits(index, epoch).to(logits.device), labels)
+        if features is not None:  # the teacher runs on the batch the student just saw (same augmentation)
+            loss = loss + features.loss(labels)
         return loss
 
     extra = [features] if features is not None else []
+    device = ctx.train_device
+    log.info("distill: training on %s", device.describe())
     with _watched(features, student):
         fp32 = fit(student, data.train, data.val, kd_loss, epochs=settings.epochs, lr=settings.lr,
                    batch_size=settings.batch_size, patience=settings.patience, seed=ctx.spec.seed,
                    weight_decay=settings.weight_decay, desc="distill fp32", extra_modules=extra,
-                   augment=teacher_outputs.inputs)
+                   augment=teacher_outputs.inputs, device=device)
+    teacher.model.to("cpu")  # a feature loss moved it to the training device
     save_torch(student.state_dict(), out_dir / FP32_CHECKPOINT)
     result = DistillResult(
         arch=arch["name"], teacher_val_accuracy=teacher.val_accuracy, fp32_val_accuracy=fp32.best_val_accuracy,
@@ -95,11 +100,13 @@ def run(ctx: RunContext) -> DistillResult:
         result.int8_mode, result.quantizer = settings.mode, ctx.target.quantizer
         result.calibration = settings.calibration or f"first {len(calibration)} training images"
         if settings.mode == "qat":
+            qat_device = qat_device_for(int8_model, device, ctx.target.quantizer, calibration[:2])
             with _watched(features, int8_model):  # the same layer names in the fake-quantized copy
                 qat = fit(int8_model, data.train, data.val, kd_loss, epochs=settings.qat_epochs, lr=settings.qat_lr,
                           batch_size=settings.batch_size, patience=settings.patience, seed=ctx.spec.seed,
                           weight_decay=settings.weight_decay, desc="distill int8 (QAT)", extra_modules=extra,
-                          augment=teacher_outputs.inputs)
+                          augment=teacher_outputs.inputs, device=qat_device)
+            teacher.model.to("cpu")
             result.int8_val_accuracy, result.int8_epochs, result.int8_history = (
                 qat.best_val_accuracy, qat.epochs_run, qat.history)
         else:
@@ -111,13 +118,31 @@ def run(ctx: RunContext) -> DistillResult:
     return result
 
 
+def qat_device_for(model: torch.nn.Module, device: TrainDevice, quantizer: str, example: torch.Tensor) -> TrainDevice:
+    """The training device when the quantizer's fake-quantized model trains there (one forward and
+    backward step tried on a copy), else the CPU, with a message that says why."""
+    if not device.is_cuda:
+        return device
+    try:
+        trial = copy.deepcopy(model).to(device.device).train()
+        with device.autocast():
+            trial(example.to(device.device)).float().sum().backward()
+        return device
+    except Exception as exc:  # noqa: BLE001 - any failure means: not on this device
+        log.warning("distill: the %s quantizer's QAT does not run on %s (%s); QAT falls back to the CPU", quantizer,
+                    device.device, first_line(exc))
+        return CPU
+    finally:
+        torch.cuda.empty_cache()
+
+
 def calibration_inputs(ctx: RunContext) -> torch.Tensor:
     """The images INT8 calibrates on: distill.calibration's manifest, else the first
     distill.calibration_samples training images."""
     settings, data = ctx.recipe.distill, ctx.data
     if settings.calibration:
-        return load_calibration(settings.calibration, data.input_shape)
-    return data.train.x[: settings.calibration_samples]
+        return load_calibration(settings.calibration, data.input_shape, crop_fraction=ctx.recipe.data.crop_fraction)
+    return data.train.head(settings.calibration_samples)
 
 
 def quantize_student(ctx: RunContext, student: torch.nn.Module, calibration: torch.Tensor,
@@ -144,12 +169,11 @@ def make_feature_distiller(settings: Any, student: torch.nn.Module, teacher: tor
     """The recipe's feature-KD term, its layers checked against both models; None when off."""
     if settings.feature_loss is None:
         return None
-    example = data.train.x[:2]
+    example = data.train.head(2)
     pairs = choose_layer_pairs(settings.feature_loss, student, teacher, settings.feature_layers,
                                settings.teacher_layers, example)
     return FeatureDistiller(settings.feature_loss, pairs, student, teacher, example,
-                            weight=settings.feature_weight, train_x=data.train.x,
-                            train_y=data.train.y, num_classes=data.num_classes)
+                            weight=settings.feature_weight, train=data.train, num_classes=data.num_classes)
 
 
 def _watched(features: FeatureDistiller | None, model: torch.nn.Module):

@@ -49,9 +49,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgekd.data import Split
 from edgekd.data.augment import Augmentation
 from edgekd.errors import UserError
-from edgekd.io import atomic_write, cache_dir, fingerprint_model, fingerprint_tensor
+from edgekd.io import atomic_write, cache_dir, fingerprint_model
 from edgekd.measure import progress
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class TeacherOutputCache:
     def __init__(
         self,
         teacher: nn.Module,
-        x: torch.Tensor,
+        x: torch.Tensor | Split,
         *,
         k: int,
         augmentation: Augmentation | None = None,
@@ -98,11 +99,13 @@ class TeacherOutputCache:
             raise UserError(f"teacher cache: n_epochs must be at least 1, got {n_epochs}")
         if value_dtype not in VALUE_DTYPES:
             raise UserError(f"teacher cache: value_dtype must be one of {VALUE_DTYPES}, got {value_dtype!r}")
-        if x.ndim != 4:
-            raise ValueError(f"teacher cache needs images (N, C, H, W), got {tuple(x.shape)}")
-        self.teacher, self.x, self.k, self.value_dtype = teacher, x, k, value_dtype
+        if isinstance(x, torch.Tensor):
+            if x.ndim != 4:
+                raise ValueError(f"teacher cache needs images (N, C, H, W), got {tuple(x.shape)}")
+            x = Split(x, torch.zeros(len(x), dtype=torch.int64))
+        self.teacher, self.split, self.k, self.value_dtype = teacher, x, k, value_dtype
         self.batch_size = batch_size
-        height, width = x.shape[2:]
+        height, width = x.input_shape[1:]
         # An augmentation that changes nothing is no augmentation: one epoch, keyed as none.
         if augmentation is not None and augmentation.is_identity(height, width):
             augmentation = None
@@ -111,7 +114,7 @@ class TeacherOutputCache:
         self.key_parts: dict[str, Any] = {
             "format": FORMAT_VERSION,
             "teacher": teacher_fingerprint or fingerprint_model(teacher),
-            "data": data_fingerprint or fingerprint_tensor(x),
+            "data": data_fingerprint or x.source.fingerprint(),
             "augmentation": None if augmentation is None else {
                 **augmentation.to_dict(), "shift_px": augmentation.resolved_shift_px(height, width)},
             "k": k,
@@ -196,7 +199,7 @@ class TeacherOutputCache:
         return (torch.from_numpy(values), torch.from_numpy(indices), torch.from_numpy(rest)) if keep else None
 
     def _meta(self, slot: int, num_classes: int) -> dict[str, Any]:
-        return {"format": FORMAT_VERSION, "key": self.key, "epoch": slot, "num_samples": len(self.x),
+        return {"format": FORMAT_VERSION, "key": self.key, "epoch": slot, "num_samples": len(self.split),
                 "num_classes": num_classes, "k": self.k, "value_dtype": self.value_dtype}
 
     def _read(self, path: Path, slot: int):
@@ -207,7 +210,7 @@ class TeacherOutputCache:
         expected = self._meta(slot, num_classes)
         if meta != expected:
             raise ValueError(f"metadata {meta} differs from the key's {expected}")
-        n, k = len(self.x), self.k
+        n, k = len(self.split), self.k
         if (values.shape != (n, k) or values.dtype != np.dtype(self.value_dtype)
                 or indices.shape != (n, k) or indices.dtype != _index_dtype(num_classes)
                 or rest.shape != (n,) or rest.dtype != np.float32):
@@ -238,7 +241,7 @@ class TeacherOutputCache:
     # ---- the teacher -------------------------------------------------------------------------
 
     def _compute(self, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n = len(self.x)
+        n = len(self.split)
         values = indices = None
         rest = np.empty(n, dtype=np.float32)
         device = next((p.device for p in self.teacher.parameters()), torch.device("cpu"))
@@ -247,9 +250,10 @@ class TeacherOutputCache:
         desc = f"teacher outputs epoch {slot + 1}/{self.n_epochs}"
         try:
             with torch.no_grad():
-                for start in progress(range(0, n, self.batch_size), desc=desc):
-                    rows = torch.arange(start, min(n, start + self.batch_size))
-                    batch = self.x[start : start + self.batch_size]
+                steps = (n + self.batch_size - 1) // self.batch_size
+                for batch, _, rows in progress(self.split.batches(self.batch_size), desc=desc, total=steps):
+                    start = int(rows[0])  # in order: rows are start .. start + len - 1
+                    batch = batch.to(device)
                     if self.augmentation is not None:
                         batch = self.augmentation.apply(batch, rows, slot)
                     log_probs = F.log_softmax(self.teacher(batch.to(device)).float(), dim=1).cpu()

@@ -28,6 +28,9 @@ from edgekd.version import __version__
 
 log = logging.getLogger(__name__)
 
+# Test images an artifact is checked on against its torch model (the whole test split at small sizes).
+CHECK_IMAGES = 512
+
 
 def artifact_paths(ctx: RunContext) -> dict[str, Path]:
     """Where export writes each model's artifact."""
@@ -43,7 +46,7 @@ def artifact_paths(ctx: RunContext) -> dict[str, Path]:
 def run(ctx: RunContext) -> ExportResult:
     target, data = ctx.target, ctx.data
     backend = get_backend(target.backend)
-    example = data.train.x[:1]
+    example = ctx.example
     paths = artifact_paths(ctx)
     ctx.stage_dir("export")
     models = load_deployed_models(ctx)
@@ -58,7 +61,7 @@ def run(ctx: RunContext) -> ExportResult:
         artifacts[key] = str(paths[key].relative_to(ctx.run_dir))  # also where a device builds it later
         if "onnx" in written[key]:  # the file the artifact is built from, where it is built elsewhere
             artifacts[f"{key}_onnx"] = str((paths[key].parent / written[key]["onnx"]).relative_to(ctx.run_dir))
-        check = backend.check_artifact(model, paths[key], data.test.x, data.num_classes)
+        check = backend.check_artifact(model, paths[key], data.test.head(CHECK_IMAGES), data.num_classes)
         if check is not None:
             checks[key] = check
             log.info("export: %s checked: %s", key, _check_line(check))
@@ -91,7 +94,8 @@ def _metadata(ctx: RunContext, arch: dict[str, Any] | None, precision: str, role
         "precision": precision,
         "dataset": ctx.data.name,
         "input_shape": json.dumps([1, *ctx.data.input_shape]),
-        "input_range": "float32 in [0, 1], NCHW",
+        # The inputs the artifact takes: the normalisation is not inside it, the application applies it.
+        "preprocessing": ctx.data.preprocessing,
         "classes": json.dumps(ctx.data.classes),
         "recipe_sha256": hashlib.sha256(recipe_json.encode()).hexdigest()[:16],
     }

@@ -59,7 +59,7 @@ def reinitialise_(model: nn.Module) -> nn.Module:
 def example_input(ctx: RunContext) -> torch.Tensor:
     """The sample a derived student is traced on when cut from the run's teacher: the same in
     every stage, although only its shape matters to the cut."""
-    return ctx.data.train.x[:1]
+    return ctx.example
 
 
 def student_from_record(ctx: RunContext, record: dict[str, Any]) -> nn.Module:

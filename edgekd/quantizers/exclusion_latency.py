@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgekd.backends import get_backend
+from edgekd.backends import artifact_accuracy, get_backend
 from edgekd.data import Split
 from edgekd.errors import UserError
 from edgekd.latency.lut import quiet_exports
@@ -82,10 +82,10 @@ def measure_exclusion_latency(
                                    quantized=name != "float")
                      for name, variant in variants.items()}
             timings = _time_side_by_side(backend, paths, target, rounds)
-            artifact_accuracy = None
-            if val_split is not None and hasattr(backend, "accuracy"):
+            deployed_accuracy = None
+            if val_split is not None:
                 deployed = paths["int8_final" if exclusions else "int8"]
-                artifact_accuracy = backend.accuracy(deployed, val_split.x, val_split.y)
+                deployed_accuracy = artifact_accuracy(backend, deployed, val_split)
     except UserError as exc:  # e.g. a runtime that is installed but cannot build this model
         log.warning("ptq: exclusion latency not measured: %s", exc)
         return {"status": f"not measured ({exc})", "exclusions": {layer: f"not measured ({exc})" for layer in exclusions}}
@@ -108,8 +108,8 @@ def measure_exclusion_latency(
                      "threads": target.bench.threads, "rounds": rounds, "order": "rotated each round"},
         "p50_ms": p50, "rounds_p50_ms": timings, "exclusions": costs,
     }
-    if artifact_accuracy is not None:
-        report["final_artifact_accuracy"] = artifact_accuracy
+    if deployed_accuracy is not None:
+        report["final_artifact_accuracy"] = deployed_accuracy
     for layer, cost in costs.items():
         log.info("ptq: keeping %s in float costs %+.4f ms (%+.1f%%) at batch 1 on %s", layer, cost["cost_ms"],
                  cost["cost_pct"], backend.NAME)

@@ -86,17 +86,17 @@ def _sensitivities(model, quantizer, calibration_x, val_split, layers, batch_siz
     layers = check_exclude(model, layers) if layers is not None else weighted_layers(model)
     if not layers:
         raise UserError("the model has no convolution or linear layer to quantize; pass `layers` by name")
-    reference = predict_logits(model, val_split.x)
+    reference = predict_logits(model, val_split)
     quantized = quantizer.prepare_int8(model, calibration_x, batch_size=batch_size)
     baseline = _Baseline(quantized, evaluate_accuracy(quantized, val_split),
-                         _output_error(quantized, val_split.x, reference))
+                         _output_error(quantized, val_split, reference))
     results = []
     for layer in progress(layers, desc="sensitivity layers", total=len(layers)):
         kept = quantizer.prepare_int8(model, calibration_x, batch_size=batch_size, exclude=[layer])
         accuracy = evaluate_accuracy(kept, val_split)
         results.append(LayerSensitivity(
             layer=layer, accuracy=accuracy, cost_pt=100.0 * (accuracy - baseline.accuracy),
-            output_error=_output_error(kept, val_split.x, reference)))
+            output_error=_output_error(kept, val_split, reference)))
         log.debug("sensitivity: %s float: val accuracy %.4f (%+.2f pt), output error %.3g", layer, accuracy,
                   results[-1].cost_pt, results[-1].output_error)
     # Most costly first; ties (common on small val sets) by how much float here cuts the logit error.
@@ -104,7 +104,7 @@ def _sensitivities(model, quantizer, calibration_x, val_split, layers, batch_siz
     return results, baseline
 
 
-def _output_error(model: nn.Module, x: torch.Tensor, reference: torch.Tensor) -> float:
+def _output_error(model: nn.Module, x, reference: torch.Tensor) -> float:
     logits = predict_logits(model, x)
     return float(((logits - reference) ** 2).mean() / (reference**2).mean().clamp_min(1e-12))
 

@@ -7,6 +7,9 @@ from typing import Any
 
 from edgekd.latency.source import MEASURED, format_ms
 
+# The report warns about a teacher below this many times chance level (the run stops below 2x).
+WEAK_TEACHER_REPORT = 3.0
+
 MODEL_LABELS = {"teacher": "teacher", "student_fp32": "student fp32", "student_int8": "student INT8"}
 
 
@@ -37,7 +40,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"**{'met' if report['budget_met'] else 'MISSED'}** on {budget_source} latency"
         f"{'' if budget_source == MEASURED else ' (the device is not attached: this is NOT a measurement)'}.",
         f"Dataset: {data['name']} ({data['n_train']} train / {data['n_val']} val / {data['n_test']} test, "
-        f"input {'x'.join(map(str, data['input_shape']))}). Teacher: {report['teacher_source']}.",
+        f"input {'x'.join(map(str, data['input_shape']))}"
+        f"{', ' + data['image_size_origin'] if data.get('image_size_origin') else ''}). "
+        f"Teacher: {report['teacher_source']}.",
+        *([f"Model inputs: {data['preprocessing']} ({report.get('preprocessing_in_artifact', '')})."]
+          if data.get("preprocessing") else []),
         "",
         "| model | arch | precision | test accuracy | p50 | p99 | speed-up vs teacher (p50) "
         f"| throughput img/s (batch {models['teacher']['throughput_batch']}) | size MB | params | MMACs |",
@@ -66,6 +73,11 @@ def findings(report: dict[str, Any]) -> list[str]:
     """Plain statements a product team needs and might miss in the table."""
     models = report["models"]
     found = []
+    teacher_accuracy, chance = report.get("teacher_val_accuracy"), report.get("chance_accuracy")
+    if teacher_accuracy is not None and chance and teacher_accuracy < WEAK_TEACHER_REPORT * chance:
+        found.append(f"- **The teacher scores low**: {teacher_accuracy:.1%} on the validation split (chance "
+                     f"{chance:.1%}). Check that its inputs match its training (normalisation, channels, input size, "
+                     "class order): every student is trained to imitate it.")
     if not report["budget_met"]:
         deployed = models.get("student_int8", models["student_fp32"])
         verb = "measures" if _measured(deployed) else "is predicted at"

@@ -28,7 +28,7 @@ class Evaluator:
         self.ctx = ctx
         settings = ctx.recipe.search
         data = ctx.data
-        x, y = data.train.x[: settings.proxy_batch], data.train.y[: settings.proxy_batch]
+        x, y = data.train.head(settings.proxy_batch), data.train.y[: settings.proxy_batch]
         self.scorer = ProxyScorer(settings.score, ctx.teacher.model, x, y)
         self.predictor = None
         self.told_unplanned = False

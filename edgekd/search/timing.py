@@ -18,14 +18,14 @@ def _protocol(ctx: RunContext, name: str) -> dict:
     settings = ctx.recipe.search
     return {"workdir": ctx.stage_dir("search") / "candidates", "name": name, "warmup": settings.warmup,
             "runs": settings.runs, "threads": ctx.recipe.bench.threads,
-            "calibration": ctx.data.train.x[:CALIBRATION_IMAGES]}
+            "calibration": ctx.data.train.head(CALIBRATION_IMAGES)}
 
 
 def measure_latency(ctx: RunContext, model: torch.nn.Module, precision: str, name: str) -> Latency:
     """Export to the target backend and time batch-1 inference on the target."""
-    return on_target.measure_on_target(ctx.target, model, ctx.data.train.x[:1], precision, **_protocol(ctx, name))
+    return on_target.measure_on_target(ctx.target, model, ctx.example, precision, **_protocol(ctx, name))
 
 
 def target_latency(ctx: RunContext, model: torch.nn.Module, precision: str, name: str) -> Latency:
     """Measured on the target when edgekd can run it, else predicted from the device's peaks."""
-    return on_target.latency_on_target(ctx.target, model, ctx.data.train.x[:1], precision, **_protocol(ctx, name))
+    return on_target.latency_on_target(ctx.target, model, ctx.example, precision, **_protocol(ctx, name))

@@ -1,7 +1,11 @@
 """Loading a user's teacher checkpoint safely.
 
-A state dict is loaded with `weights_only=True` (no code runs); a TorchScript file is loaded as
-TorchScript; a fully pickled model runs code when loaded, so it needs an explicit opt-in.
+- a torch.export ExportedProgram (.pt2): loaded without running code; its input shape and an
+  optional edgekd.json (class order, normalisation) come from the file (edgekd/teacher/exported.py);
+- TorchScript: loaded as TorchScript;
+- a state dict, loaded with `weights_only=True` (no code runs), of a built-in architecture or a
+  timm / torchvision one named with --teacher-arch timm:NAME (edgekd/teacher/hub.py);
+- a fully pickled model runs code when loaded, so it needs an explicit opt-in (--trust-pickle).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from edgekd.io import (
     unwrap_state_dict,
 )
 from edgekd.models.arch import build_model, resolve_arch
+from edgekd.teacher.exported import is_exported_program, load_exported
+from edgekd.teacher.hub import build_hub_model, is_hub_name
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +40,13 @@ def load_teacher(
     *,
     trust_pickle: bool = False,
 ) -> tuple[nn.Module, str]:
-    """Returns (model in eval mode, kind) where kind is "state_dict", "torchscript" or "pickle"."""
+    """Returns (model in eval mode, kind) where kind is "exported program", "state_dict",
+    "torchscript" or "pickle"."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"teacher checkpoint '{path}' does not exist")
+    if is_exported_program(path):
+        return load_exported(path)[0].eval(), "exported program"
     if _is_torchscript(path):
         try:
             model = torch.jit.load(str(path), map_location="cpu")
@@ -63,16 +72,29 @@ def load_teacher(
             f"teacher '{path}' is a state dict; name its architecture with --teacher-arch "
             "(see `edgekd compress --help` for the built-in ones)"
         )
-    record = resolve_arch(arch)
-    model = build_model(record, in_channels, num_classes)
+    if is_hub_name(arch):
+        model, name = build_hub_model(arch, in_channels, num_classes), arch
+    else:
+        record = resolve_arch(arch)
+        model, name = build_model(record, in_channels, num_classes), record.get("name", record)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
         raise UserError(
-            f"teacher '{path}' does not fit architecture {record.get('name', record)!r} with {in_channels} input "
+            f"teacher '{path}' does not fit architecture {name!r} with {in_channels} input "
             f"channel(s) and {num_classes} classes: {_summarise_mismatch(exc)}"
         ) from exc
     return model.eval(), "state_dict"
+
+
+def teacher_file_facts(path: str | Path) -> tuple[dict[str, Any], tuple[int | None, ...] | None]:
+    """What a teacher file says about the teacher before the data is read: (metadata, input
+    shape [C, H, W] with None where dynamic); ({}, None) for formats that record neither."""
+    path = Path(path)
+    if path.is_file() and is_exported_program(path):
+        _, metadata, shape = load_exported(path)
+        return metadata, shape
+    return {}, None
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -25,11 +25,13 @@ from edgekd.errors import UserError
 from edgekd.io import (
     cache_dir,
     fingerprint_file,
+    first_line,
     load_weights_only,
     save_torch,
     write_json,
 )
 from edgekd.models import build_model, resolve_arch
+from edgekd.teacher.hub import is_hub_name
 from edgekd.teacher.loading import load_teacher
 from edgekd.training import evaluate_accuracy, fit
 
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
     from edgekd.run import RunContext, RunSpec
 
 log = logging.getLogger(__name__)
+
+# A teacher below this many times chance level on the validation split stops the run.
+WEAK_TEACHER_FACTOR = 2.0
 
 
 @dataclass
@@ -76,12 +81,40 @@ def load_user_teacher(spec: "RunSpec", data: DatasetSplits) -> Teacher:
             f"teacher '{spec.teacher}' changed since this run started (sha256 differs): the run's students "
             "were chosen and trained against the old file. Restore it, or start a new run without --resume"
         )
-    arch = resolve_arch(spec.teacher_arch) if spec.teacher_arch else None
-    model, kind = load_teacher(spec.teacher, arch, data.input_shape[0], data.num_classes,
-                               trust_pickle=spec.trust_pickle)
+    hub = is_hub_name(spec.teacher_arch)
+    arch = resolve_arch(spec.teacher_arch) if spec.teacher_arch and not hub else None
+    model, kind = load_teacher(spec.teacher, spec.teacher_arch if hub else arch, data.input_shape[0],
+                               data.num_classes, trust_pickle=spec.trust_pickle)
     _check_output_shape(model, data.input_shape, data.num_classes, spec.teacher)
-    return Teacher(model, arch if kind == "state_dict" else None, f"{spec.teacher} ({kind})",
-                   evaluate_accuracy(model, data.val))
+    source = f"{spec.teacher} ({kind}{', ' + spec.teacher_arch if hub else ''})"
+    # Only a built-in record rebuilds the architecture; any other teacher is its module.
+    return Teacher(model, arch if kind == "state_dict" else None, source, evaluate_accuracy(model, data.val))
+
+
+def _runs_on(model: nn.Module, shape: tuple[int, ...]) -> bool:
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, *shape))
+        return True
+    except Exception:  # noqa: BLE001 - any failure: it does not take this shape either
+        return False
+
+
+def check_teacher_accuracy(teacher: Teacher, num_classes: int, *, allow_weak: bool) -> None:
+    """A teacher near chance level on the validation split has almost always been given inputs it
+    was not trained on. Stop before any search or training, naming the usual causes and the
+    options that fix each; --allow-weak-teacher goes on anyway (the report says so)."""
+    chance = 1.0 / num_classes
+    if teacher.val_accuracy >= WEAK_TEACHER_FACTOR * chance:
+        return
+    message = (f"the teacher scores {teacher.val_accuracy:.1%} on the validation split, near chance ({chance:.1%} "
+               f"for {num_classes} classes): it is probably not seeing the inputs it was trained on. Check its "
+               "normalisation (--mean/--std, e.g. imagenet), channel order (data.channel_order) and count "
+               "(--channels), input size (--image-size) and class order (--classes); or pass --allow-weak-teacher "
+               "to go on anyway")
+    if not allow_weak:
+        raise UserError(message)
+    log.warning("%s (going on: --allow-weak-teacher)", message.split(": it is probably")[0])
 
 
 def _cached_or_trained_teacher(ctx: "RunContext") -> Teacher:
@@ -113,8 +146,7 @@ def _cached_or_trained_teacher(ctx: "RunContext") -> Teacher:
 
 def _cache_key(ctx: "RunContext", arch: dict[str, Any]) -> str:
     digest = hashlib.sha256()
-    digest.update(ctx.data.train.x.numpy().tobytes())
-    digest.update(ctx.data.train.y.numpy().tobytes())
+    digest.update(ctx.data.train.fingerprint().encode())
     settings = dataclasses.asdict(ctx.recipe.teacher)
     digest.update(json.dumps([arch, settings, ctx.spec.seed], sort_keys=True).encode())
     return digest.hexdigest()[:12]
@@ -125,8 +157,14 @@ def _check_output_shape(model: nn.Module, input_shape: tuple[int, ...], num_clas
         with torch.no_grad():
             out = model(torch.zeros(2, *input_shape))
     except Exception as exc:  # noqa: BLE001
+        other = 3 if input_shape[0] == 1 else 1
+        if _runs_on(model, (other, *input_shape[1:])):
+            raise UserError(
+                f"teacher '{path}' takes {other}-channel images, but the data has {input_shape[0]} channel(s); "
+                f"convert them with --channels {other} (recipe: data.channels)"
+            ) from exc
         raise UserError(
-            f"teacher '{path}' fails on the data's input shape {tuple(input_shape)}: {str(exc).splitlines()[0]}"
+            f"teacher '{path}' fails on the data's input shape {tuple(input_shape)}: {first_line(exc)}"
         ) from exc
     if not isinstance(out, torch.Tensor):
         raise UserError(

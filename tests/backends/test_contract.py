@@ -35,7 +35,7 @@ def test_backend_meets_the_contract(name):
 
 def test_the_contract_lists_what_the_stages_call():
     assert {"runtime_missing", "baseline_precision", "write_artifact", "write_for_timing", "check_artifact",
-            "finish_export", "timed_path", "stand_in_accuracy", "device_conditions"} <= set(contract_functions())
+            "finish_export", "timed_path", "accuracy_stand_in", "device_conditions", "predictor"} <= set(contract_functions())
 
 
 @pytest.mark.parametrize("name, expected", [("openvino", "fp32"), ("coreml", "fp16"), ("tensorrt", "fp16")])

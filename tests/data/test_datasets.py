@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from edgekd.config import DataConfig, load_recipe
 from edgekd.data import DatasetSplits, Split, load_dataset
 from edgekd.errors import UserError
 
@@ -20,8 +21,17 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 # --- helpers ---------------------------------------------------------------------------------
 
 
+def _images(split: Split) -> torch.Tensor:
+    """Every image of a split (decoding them, for one streamed from disk)."""
+    return split.images(torch.arange(len(split)))
+
+
 def _all_rows(splits: DatasetSplits) -> list[torch.Tensor]:
-    return [splits.train.x, splits.val.x, splits.test.x]
+    return [_images(splits.train), _images(splits.val), _images(splits.test)]
+
+
+def _load(path=None, seed: int = 0, **data) -> DatasetSplits:
+    return load_dataset(path, seed=seed, settings=DataConfig(**data))
 
 
 def _row_keys(x: torch.Tensor) -> set[bytes]:
@@ -97,7 +107,10 @@ def test_digits_summary(digits: DatasetSplits) -> None:
         "n_val": len(digits.val),
         "n_test": len(digits.test),
         "input_shape": [1, 8, 8],
+        "image_size_origin": "the data's own size",
+        "preprocessing": "float32 NCHW in [0, 1], no normalisation",
         "classes": 10,
+        "class_names": [str(i) for i in range(10)],
         "source": "sklearn.datasets.load_digits",
     }
 
@@ -127,7 +140,7 @@ def test_digits_splits_do_not_overlap(digits: DatasetSplits) -> None:
 
 
 def test_digits_fractions(digits: DatasetSplits) -> None:
-    splits = load_dataset(val_fraction=0.1, test_fraction=0.2)
+    splits = _load(val_fraction=0.1, test_fraction=0.2)
     assert len(splits.val) == round(1797 * 0.1)
     assert len(splits.test) == round(1797 * 0.2)
 
@@ -135,7 +148,7 @@ def test_digits_fractions(digits: DatasetSplits) -> None:
 @pytest.mark.parametrize("val, test", [(0.0, 0.2), (0.2, 1.0), (0.6, 0.5), (-0.1, 0.1)])
 def test_bad_fractions(val: float, test: float) -> None:
     with pytest.raises(UserError, match="fraction"):
-        load_dataset(val_fraction=val, test_fraction=test)
+        load_recipe(None, [f"data.val_fraction={val}", f"data.test_fraction={test}"])
 
 
 # --- Split -----------------------------------------------------------------------------------
@@ -147,21 +160,22 @@ def _toy_split(n: int = 10) -> Split:
 
 def test_split_batches_in_order() -> None:
     batches = list(_toy_split().batches(4))
-    assert [len(y) for _, y in batches] == [4, 4, 2]
-    assert torch.cat([y for _, y in batches]).tolist() == list(range(10))
+    assert [len(y) for _, y, _ in batches] == [4, 4, 2]
+    assert torch.cat([y for _, y, _ in batches]).tolist() == list(range(10))
+    assert torch.cat([index for _, _, index in batches]).tolist() == list(range(10))
 
 
 def test_split_batches_shuffle_is_seeded() -> None:
     split = _toy_split()
     def order(seed: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
-        return torch.cat([y for _, y in split.batches(3, shuffle=True, generator=gen)])
+        return torch.cat([y for _, y, _ in split.batches(3, shuffle=True, generator=gen)])
 
     first, second = order(5), order(5)
     assert torch.equal(first, second)
     assert sorted(first.tolist()) == list(range(10))
-    for x, y in split.batches(3, shuffle=True):
-        assert torch.equal(x.flatten().long(), y)  # x and y stay paired
+    for x, y, index in split.batches(3, shuffle=True):
+        assert torch.equal(x.flatten().long(), y) and torch.equal(y, index)  # x, y and index stay paired
 
 
 def test_split_subset_and_checks() -> None:
@@ -180,7 +194,7 @@ def test_split_subset_and_checks() -> None:
 def test_image_folder_gray(tmp_path: Path) -> None:
     root = tmp_path / "shapes"
     _make_tree(root, {"circle": 6, "square": 6, "triangle": 6})
-    splits = load_dataset(root, image_size=12)
+    splits = _load(root, image_size=12)
     assert splits.name == "shapes"
     assert splits.classes == ["circle", "square", "triangle"]
     assert splits.input_shape == (1, 12, 12)
@@ -189,15 +203,15 @@ def test_image_folder_gray(tmp_path: Path) -> None:
     assert len(splits.val) == len(splits.test) == 3  # one image of each class, stratified
     assert sorted(splits.test.y.tolist()) == [0, 1, 2]
     # Uniform images stay uniform under resizing; check the /255 scaling on one of them.
-    values = {round(float(x.mean()) * 255) for x in splits.train.x}
+    values = {round(float(x.mean()) * 255) for x in _images(splits.train)}
     assert values <= {10 * i + 5 for i in range(6)}
 
 
 def test_image_folder_rgb_if_any_color(tmp_path: Path) -> None:
     _make_tree(tmp_path / "mixed", {"a": 4, "b": 4}, rgb_one=True)
-    splits = load_dataset(tmp_path / "mixed", image_size=8, seed=3)
+    splits = _load(tmp_path / "mixed", image_size=8, seed=3)
     assert splits.input_shape == (3, 8, 8)
-    assert all(s.x.shape[1] == 3 for s in (splits.train, splits.val, splits.test))
+    assert all(_images(s).shape[1] == 3 for s in (splits.train, splits.val, splits.test))
     assert float(torch.cat(_all_rows(splits)).max()) <= 1.0
 
 
@@ -212,7 +226,7 @@ def test_image_folder_formats_and_hidden_files(tmp_path: Path) -> None:
     for i in range(3):
         _write_png(root / "b" / f"{i}.webp", "L")
     (root / ".cache").mkdir()
-    splits = load_dataset(root, image_size=4)
+    splits = _load(root, image_size=4)
     assert splits.classes == ["a", "b"]
     assert len(splits.train) + len(splits.val) + len(splits.test) == 6
     assert splits.input_shape == (3, 4, 4)  # the JPEG is colour
@@ -220,7 +234,7 @@ def test_image_folder_formats_and_hidden_files(tmp_path: Path) -> None:
 
 def test_image_folder_deterministic(tmp_path: Path) -> None:
     _make_tree(tmp_path / "d", {"a": 6, "b": 6, "c": 6}, rgb_one=True)
-    first, again = load_dataset(tmp_path / "d", seed=7), load_dataset(tmp_path / "d", seed=7)
+    first, again = _load(tmp_path / "d", seed=7, image_size=6), _load(tmp_path / "d", seed=7, image_size=6)
     for a, b in zip(_all_rows(first), _all_rows(again)):
         assert torch.equal(a, b)
     assert torch.equal(first.train.y, again.train.y)
@@ -230,7 +244,7 @@ def test_image_folder_train_test_layout(tmp_path: Path) -> None:
     root = tmp_path / "layout"
     _make_tree(root / "train", {"cat": 8, "dog": 8})
     _make_tree(root / "test", {"cat": 2, "dog": 3})
-    splits = load_dataset(root, image_size=6)
+    splits = _load(root, image_size=6)
     assert splits.classes == ["cat", "dog"]
     assert len(splits.test) == 5  # exactly the test/ folder
     assert sorted(splits.test.y.tolist()) == [0, 0, 1, 1, 1]
@@ -244,14 +258,14 @@ def test_image_folder_train_val_test_layout(tmp_path: Path) -> None:
     _make_tree(root / "train", {"a": 3, "b": 3})
     _make_tree(root / "val", {"a": 1, "b": 1})
     _make_tree(root / "test", {"a": 2, "b": 1}, rgb_one=True)
-    splits = load_dataset(root, image_size=5)
+    splits = _load(root, image_size=5)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (6, 2, 3)
     assert splits.input_shape == (3, 5, 5)  # one colour image anywhere makes every split RGB
 
 
 def test_class_named_train_is_a_class(tmp_path: Path) -> None:
     _make_tree(tmp_path / "vehicles", {"bus": 4, "car": 4, "train": 4})
-    splits = load_dataset(tmp_path / "vehicles", image_size=4)
+    splits = _load(tmp_path / "vehicles", image_size=4)
     assert splits.classes == ["bus", "car", "train"]
 
 
@@ -290,8 +304,8 @@ def test_class_without_images(tmp_path: Path) -> None:
 def test_undecodable_image(tmp_path: Path) -> None:
     _make_tree(tmp_path / "t", {"a": 3, "b": 3})
     (tmp_path / "t" / "b" / "broken.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(UserError, match=r"cannot decode image '.*broken\.png'"):
-        load_dataset(tmp_path / "t")
+    with pytest.raises(UserError, match=r"cannot read image '.*broken\.png'"):
+        load_dataset(tmp_path / "t")  # found when the headers are scanned, before any work
 
 
 def test_split_classes_differ(tmp_path: Path) -> None:
@@ -305,7 +319,7 @@ def test_split_classes_differ(tmp_path: Path) -> None:
 def test_too_small_to_split(tmp_path: Path) -> None:
     _make_tree(tmp_path / "tiny", {"a": 1, "b": 1})
     with pytest.raises(UserError, match="only 2 samples, too few to split"):
-        load_dataset(tmp_path / "tiny")
+        _load(tmp_path / "tiny", image_size=4)
 
 
 # --- IDX -------------------------------------------------------------------------------------
@@ -324,7 +338,7 @@ def test_idx_folder(tmp_path: Path, gz: bool) -> None:
     assert splits.test.y.tolist() == (np.arange(10) % 4).tolist()
     # train + val are exactly the train file's images, each once
     train_rows = sorted(r.tobytes() for r in arrays["train-images-idx3-ubyte"])
-    got = torch.cat([splits.train.x, splits.val.x]).mul(255).round().to(torch.uint8).squeeze(1)
+    got = torch.cat([_images(splits.train), _images(splits.val)]).mul(255).round().to(torch.uint8).squeeze(1)
     assert sorted(r.numpy().tobytes() for r in got) == train_rows
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from edgekd.config import DistillConfig
+from edgekd.data import Split
 from edgekd.distill.feature_distiller import FeatureDistiller, resolve_name
 from edgekd.distill.feature_losses import (
     FEATURE_LOSSES,
@@ -143,12 +144,12 @@ def test_a_torchscript_teacher_is_refused_for_feature_kd():
 def test_distiller_trains_adapters_and_student_but_not_teacher(loss):
     student, teacher = tiny(), tiny("resnet_s", seed=1)
     pairs = choose_layer_pairs(loss, student, teacher, None, None, X)
-    distiller = FeatureDistiller(loss, pairs, student, teacher, X, train_x=X, train_y=Y, num_classes=4)
+    distiller = FeatureDistiller(loss, pairs, student, teacher, X, train=Split(X, Y), num_classes=4)
     student.train()
     distiller.train()
     with distiller.watch(student):
         student(X)
-        term = distiller.loss(X, Y)
+        term = distiller.loss(Y)
     term.backward()
     assert torch.isfinite(term) and term.item() > 0
     assert all(p.grad is None for p in teacher.parameters())
@@ -171,11 +172,10 @@ def test_distiller_loss_is_zero_when_the_student_is_the_teacher():
     student.eval()  # the teacher runs in eval mode: the same BatchNorm statistics
     with distiller.watch(student):
         student(X)
-        assert distiller.loss(X, Y).item() == pytest.approx(0.0, abs=1e-9)
+        assert distiller.loss(Y).item() == pytest.approx(0.0, abs=1e-9)
 
 
 def test_adapters_join_the_optimizer_of_fit():
-    from edgekd.data import Split
     from edgekd.training import fit
 
     student, teacher = tiny(), tiny("resnet_s", seed=1)
@@ -185,7 +185,7 @@ def test_adapters_join_the_optimizer_of_fit():
     split = Split(X, Y)
 
     def loss(logits, labels, index, _epoch):
-        return nn.functional.cross_entropy(logits, labels) + distiller.loss(split.x[index], labels)
+        return nn.functional.cross_entropy(logits, labels) + distiller.loss(labels)
 
     with distiller.watch(student):
         fit(student, split, split, loss, epochs=1, lr=0.01, batch_size=8, patience=1, seed=0,
@@ -206,7 +206,7 @@ def test_feature_kd_on_the_nncf_fake_quantized_student():
     quantized.train()
     with distiller.watch(quantized):
         quantized(X)
-        term = distiller.loss(X, Y)
+        term = distiller.loss(Y)
     term.backward()
     assert torch.isfinite(term)
     assert all(p.grad is not None for p in distiller.parameters())

@@ -64,7 +64,7 @@ def fragile_net(digits, one_torch_thread):
         model.conv2.bias[DEAD] = -1.0  # ReLU(-1) = 0 for every input, and no gradient flows back
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     for epoch in range(10):  # ~2 s; ~90% val accuracy
-        for x, y in digits.train.batches(64, shuffle=True, generator=torch.Generator().manual_seed(epoch)):
+        for x, y, _ in digits.train.batches(64, shuffle=True, generator=torch.Generator().manual_seed(epoch)):
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
             optimizer.step()

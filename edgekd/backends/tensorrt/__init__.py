@@ -378,14 +378,14 @@ def timed_path(path: Path) -> Path:
     return Path(path) if Path(path).exists() else onnx_path_for(path)
 
 
-def stand_in_accuracy(path: Path, x, y) -> tuple[float, str] | None:
+def accuracy_stand_in(path: Path):
     """The engine's ONNX in onnxruntime: the same graph (Q/DQ for INT8) the engine is built from."""
     from edgekd.backends import onnx as onnx_backend
 
     onnx_path = onnx_path_for(Path(path))
     if not onnx_path.exists():
         return None
-    return onnx_backend.accuracy(onnx_path, x, y), f"onnxruntime on {onnx_path.name} (the engine's ONNX)"
+    return onnx_backend, onnx_path, f"onnxruntime on {onnx_path.name} (the engine's ONNX)"
 
 
 def device_conditions() -> dict[str, str]:
@@ -393,3 +393,8 @@ def device_conditions() -> dict[str, str]:
     from edgekd.backends.tensorrt.jetson import jetson_state
 
     return jetson_state()
+
+
+def predictor(path: Path):
+    """A function batch -> logits (needs the bindings and CUDA); loads the engine on each call."""
+    return lambda x: predict_logits(path, x)

@@ -2,15 +2,18 @@
 
 The loss is a callable of (logits, labels, sample indices, epoch), so distillation can look up
 cached teacher outputs by index and augmentation epoch without a second data pipeline; `augment`,
-when given, turns each batch's images into that epoch's augmented copies first. Modules trained beside the model (feature-KD
-adapters) join the optimizer through `extra_modules` without becoming part of the model. Early
-stopping keeps the weights with the best validation accuracy.
+when given, turns each batch's images into that epoch's augmented copies first. Modules trained
+beside the model (feature-KD adapters) join the optimizer through `extra_modules` without becoming
+part of the model. Early stopping keeps the weights with the best validation accuracy.
+
+The model trains on `device` (edgekd/training/device.py) and is handed back on the CPU: export,
+quantizer calibration and saving always start from a CPU copy.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,6 +23,8 @@ from torch import nn
 from edgekd import interrupt
 from edgekd.data import Split
 from edgekd.measure import progress
+from edgekd.training.device import CPU, TrainDevice
+from edgekd.training.evaluate import evaluate_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -35,24 +40,7 @@ class FitResult:
     best_epoch: int
     epochs_run: int
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def evaluate_accuracy(model: nn.Module, split: Split, batch_size: int = 512) -> float:
-    was_training = model.training
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(split), batch_size):
-            logits = model(split.x[start : start + batch_size])
-            correct += int((logits.argmax(1) == split.y[start : start + batch_size]).sum())
-    model.train(was_training)
-    return correct / max(1, len(split))
-
-
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return torch.cat([model(x[s : s + batch_size]) for s in range(0, len(x), batch_size)])
+    images_per_s: float = 0.0  # training throughput over all epochs (data loading included)
 
 
 def fit(
@@ -71,53 +59,71 @@ def fit(
     on_epoch_end: Callable[[int, float], None] | None = None,
     extra_modules: Sequence[nn.Module] = (),
     augment: AugmentFn | None = None,
+    device: TrainDevice = CPU,
 ) -> FitResult:
     """AdamW with cosine decay; stops after `patience` epochs without a better val accuracy and
-    leaves the model holding its best weights. `extra_modules` are trained in the same optimizer
-    and put in train mode with the model, but are not part of its saved or restored weights (the
-    loss function uses them, e.g. FitNets regressors)."""
+    leaves the model holding its best weights, on the CPU. `extra_modules` are trained in the same
+    optimizer and put in train mode with the model, but are not part of its saved or restored
+    weights (the loss function uses them, e.g. FitNets regressors)."""
     generator = torch.Generator().manual_seed(seed)
+    model.to(device.device)
+    for module in extra_modules:
+        module.to(device.device)
     parameters = list(model.parameters()) + [p for m in extra_modules for p in m.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    scaler = device.grad_scaler()
     best_accuracy, best_epoch, best_state = -1.0, -1, None
     history: list[dict[str, float]] = []
-    epoch = 0
+    epoch, seen, started = 0, 0, time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
         for module in extra_modules:
             module.train()
-        order = torch.randperm(len(train), generator=generator)
         total_loss, batches = 0.0, 0
-        for start in progress(range(0, len(train), batch_size), desc=f"{desc} epoch {epoch}/{epochs}"):
+        steps = (len(train) + batch_size - 1) // batch_size
+        for images, labels, index in progress(train.batches(batch_size, shuffle=True, generator=generator),
+                                              desc=f"{desc} epoch {epoch}/{epochs}", total=steps):
             interrupt.check()
-            index = order[start : start + batch_size]
             if len(index) < 2:  # BatchNorm cannot train on a batch of one
                 continue
-            images = train.x[index]
+            images = images.to(device.device, non_blocking=True)
+            labels = labels.to(device.device, non_blocking=True)
             if augment is not None:
                 images = augment(images, index, epoch - 1)
-            loss = loss_fn(model(images), train.y[index], index, epoch - 1)
+            with device.autocast():
+                loss = loss_fn(model(images), labels, index, epoch - 1)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
             total_loss += float(loss.detach())
             batches += 1
+            seen += len(index)
         scheduler.step()
         accuracy = evaluate_accuracy(model, val)
         history.append({"epoch": epoch, "loss": total_loss / max(1, batches), "val_accuracy": accuracy})
         # One line per epoch: training takes minutes, and logs (CI, nohup) show no progress bar.
         log.info("%s epoch %d/%d: loss %.4f, val accuracy %.4f",
-                desc, epoch, epochs, history[-1]["loss"], accuracy)
+                 desc, epoch, epochs, history[-1]["loss"], accuracy)
         if on_epoch_end is not None:
             on_epoch_end(epoch, accuracy)
         if accuracy > best_accuracy:
             best_accuracy, best_epoch = accuracy, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         elif epoch - best_epoch >= patience:
-            log.info("%s: early stop at epoch %d (best val accuracy %.4f at epoch %d)", desc, epoch, best_accuracy, best_epoch)
+            log.info("%s: early stop at epoch %d (best val accuracy %.4f at epoch %d)", desc, epoch, best_accuracy,
+                     best_epoch)
             break
+    elapsed = time.perf_counter() - started
+    model.to("cpu")
+    for module in extra_modules:
+        module.to("cpu")
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return FitResult(best_accuracy, best_epoch, epoch, history)
+    return FitResult(best_accuracy, best_epoch, epoch, history, images_per_s=round(seen / max(elapsed, 1e-9), 1))

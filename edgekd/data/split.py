@@ -1,0 +1,133 @@
+"""One split of a dataset: labels in memory, images where they are.
+
+A small dataset (the embedded digits, an IDX folder) keeps its images as one tensor. An image
+folder keeps only its file list: images are decoded per batch by a torch DataLoader with worker
+processes, so memory does not grow with the dataset. Both answer the same calls:
+
+- `batches(batch_size, shuffle=..., generator=...)` yields (images, labels, sample indices);
+- `images(index)` decodes chosen samples; `head(n)` the first n (calibration, proxies, examples);
+- `subset(n)`, `fingerprint()` (what the caches are keyed by), `input_shape`.
+
+Images are float32 (C, H, W) in [0, 1]: normalisation belongs to the model's input adapter
+(edgekd/models/input_adapter.py), so every stage and every artifact sees the same pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Protocol
+
+import torch
+
+from edgekd.errors import UserError
+from edgekd.io import fingerprint_tensor
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, labels, sample indices
+
+
+class ImageSource(Protocol):
+    """Where a split's images come from."""
+
+    def __len__(self) -> int: ...
+    def get(self, index: torch.Tensor) -> torch.Tensor: ...  # (B, C, H, W) float32 in [0, 1]
+    def stream(self, order: torch.Tensor, batch_size: int, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def fingerprint(self) -> str: ...
+    def take(self, count: int) -> ImageSource: ...
+
+    @property
+    def shape(self) -> tuple[int, int, int]: ...
+
+
+class TensorImages:
+    """Images already in memory (N, C, H, W): batches are slices, no worker needed."""
+
+    def __init__(self, x: torch.Tensor):
+        if x.ndim != 4:
+            raise ValueError(f"TensorImages needs (N, C, H, W), got {tuple(x.shape)}")
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        c, h, w = self.x.shape[1:]
+        return int(c), int(h), int(w)
+
+    def get(self, index: torch.Tensor) -> torch.Tensor:
+        return self.x[index]
+
+    def stream(self, order: torch.Tensor, batch_size: int, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            yield self.x[index], index
+
+    def fingerprint(self) -> str:
+        return fingerprint_tensor(self.x)
+
+    def take(self, count: int) -> TensorImages:
+        return TensorImages(self.x[:count])
+
+
+class Split:
+    """A split's labels (in memory) and images (an ImageSource)."""
+
+    def __init__(self, images: ImageSource | torch.Tensor, y: torch.Tensor, *, workers: int = 0):
+        self.source: ImageSource = TensorImages(images) if isinstance(images, torch.Tensor) else images
+        self.y = torch.as_tensor(y, dtype=torch.int64)
+        self.workers = workers  # DataLoader worker processes for sources that decode files
+        if self.y.ndim != 1 or len(self.source) != len(self.y):
+            raise ValueError(f"Split needs as many labels as images; got {len(self.source)} images and "
+                             f"labels of shape {tuple(self.y.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def x(self) -> torch.Tensor:
+        """Every image as one tensor: only for splits held in memory (a file-backed split would
+        decode the whole dataset; use batches())."""
+        if not isinstance(self.source, TensorImages):
+            raise TypeError("this split streams its images from disk; iterate batches() instead of .x")
+        return self.source.x
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.source.shape
+
+    def images(self, index: torch.Tensor) -> torch.Tensor:
+        return self.source.get(torch.as_tensor(index, dtype=torch.int64))
+
+    def head(self, count: int) -> torch.Tensor:
+        """The first `count` images (all when the split is smaller): splits are stored
+        class-interleaved, so a head is a fair sample."""
+        return self.images(torch.arange(min(count, len(self))))
+
+    def batches(self, batch_size: int, *, shuffle: bool = False,
+                generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """(images, labels, sample indices) batches; the last one may be smaller. Shuffling
+        never touches the global RNG: without a generator it uses seed 0, so pass one generator
+        across epochs to get a new order each epoch."""
+        if batch_size < 1:
+            raise UserError(f"batch_size must be at least 1, got {batch_size}")
+        if shuffle:
+            order = torch.randperm(len(self), generator=generator or torch.Generator().manual_seed(0))
+        else:
+            order = torch.arange(len(self))
+        for images, index in self.source.stream(order, batch_size, self.workers):
+            yield images, self.y[index], index
+
+    def subset(self, count: int) -> Split:
+        """The first `count` samples (all of them if count >= len)."""
+        if count < 0:
+            raise ValueError(f"subset size must be >= 0, got {count}")
+        count = min(count, len(self))
+        return Split(self.source.take(count), self.y[:count], workers=self.workers)
+
+    def fingerprint(self) -> str:
+        """What a cache of results on this split is keyed by: its images (their files and the
+        decoding, for a folder) and its labels."""
+        digest = hashlib.sha256(self.source.fingerprint().encode())
+        digest.update(fingerprint_tensor(self.y).encode())
+        return digest.hexdigest()

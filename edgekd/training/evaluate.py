@@ -1,0 +1,37 @@
+"""Accuracy and outputs of a torch model on a split, batch by batch (a split may stream from disk),
+on the device the model's weights are on."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgekd.data import Split
+
+
+def model_device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def evaluate_accuracy(model: nn.Module, split: Split, batch_size: int = 256) -> float:
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    correct = 0
+    with torch.no_grad():
+        for images, labels, _ in split.batches(batch_size):
+            logits = model(images.to(device, non_blocking=True))
+            correct += int((logits.argmax(1).cpu() == labels).sum())
+    model.train(was_training)
+    return correct / max(1, len(split))
+
+
+def predict_logits(model: nn.Module, x: torch.Tensor | Split, batch_size: int = 256) -> torch.Tensor:
+    """Outputs (on the CPU) for a tensor of images or every sample of a split, in order."""
+    model.eval()
+    device = model_device(model)
+    chunks = (x.batches(batch_size) if isinstance(x, Split)
+              else ((x[s : s + batch_size], None, None) for s in range(0, len(x), batch_size)))
+    with torch.no_grad():
+        return torch.cat([model(images.to(device)).float().cpu() for images, _, _ in chunks])
