@@ -7,8 +7,10 @@ import importlib.metadata
 import platform
 from typing import Any
 
-from edgekd.io import write_json
+from edgekd.io import write_json, write_text
 from edgekd.measure import cpu_name
+from edgekd.report.fields import environment_extras, models_for_report, predicted_vs_measured, raw_timings
+from edgekd.report.html import deployed_key, render_html
 from edgekd.run import RunContext
 from edgekd.search.stage import predicted_ms
 from edgekd.version import __version__
@@ -20,7 +22,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
     report = build_report(ctx)
     write_json(ctx.run_dir / "report.json", report)
     (ctx.run_dir / "report.md").write_text(render_markdown(report))
-    return {"report_json": "report.json", "report_md": "report.md", "budget_met": report["budget_met"]}
+    page = render_html(report, timings_ms=raw_timings(ctx.result("bench")["models"]), findings=findings(report))
+    write_text(ctx.run_dir / "report.html", page)
+    return {"report_json": "report.json", "report_md": "report.md", "report_html": "report.html",
+            "budget_met": report["budget_met"]}
 
 
 def build_report(ctx: RunContext) -> dict[str, Any]:
@@ -40,10 +45,12 @@ def build_report(ctx: RunContext) -> dict[str, Any]:
         "export": {k: v for k, v in ctx.result("export").items()
                    if k in ("engine_build_commands", "engine_build_script", "engines_built", "coreml_checks",
                             "qdq_onnx_checks")},
-        "models": bench["models"],
+        "models": models_for_report(bench["models"]),
         "stages": stages,
         "conditions": bench["conditions"],
-        "environment": environment(),
+        "environment": environment() | environment_extras(bench["conditions"]),
+        "predicted_vs_measured": predicted_vs_measured(
+            ctx.target.name, ctx.data.input_shape, bench["models"][deployed_key(bench["models"])]["precision"]),
         "command": ctx.spec.command,
         "run_dir": str(ctx.run_dir),
     }
@@ -237,4 +244,4 @@ def _fmt(value: Any) -> str:
 
 
 def summary(metrics: dict[str, Any]) -> str:
-    return f"wrote {metrics['report_json']} and {metrics['report_md']}"
+    return f"wrote {metrics['report_json']}, {metrics['report_md']} and {metrics.get('report_html', 'no HTML')}"
