@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.errors import UserError
+from edgekd.io import first_line
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,15 @@ def profile_artifact(backend_name: str, path: Path, *, warmup: int, runs: int, t
         if backend_name == "openvino":
             return _profile_openvino(path, warmup=warmup, runs=runs, threads=threads)
         if backend_name == "tensorrt" and path.suffix == ".engine" and path.is_file():
-            from edgekd.backends.tensorrt.profile import profile_engine
+            from edgekd.backends.tensorrt.layer_profile import profile_engine
 
             return profile_engine(path, work_dir or path.parent / f"{path.stem}-profile", runs=runs,
                                   warmup_ms=_TRTEXEC_WARMUP_MS)
-    except UserError as exc:
-        log.warning("bench: could not profile %s: %s", path.name, exc)
-        return {"profile_error": str(exc)}
+    except (UserError, RuntimeError) as exc:  # RuntimeError: what the runtimes raise on a model they reject
+        message = first_line(exc)
+        message = message if path.name in message else f"{path.name}: {message}"
+        log.warning("bench: could not profile %s: %s", path.name, message)
+        return {"profile_error": message}
     if backend_name == "tensorrt":
         return {"profile_unavailable": "no TensorRT engine was built here (per-layer times need trtexec on the device)"}
     return {"profile_unavailable": f"per-layer counters, load time and memory are measured for OpenVINO and "

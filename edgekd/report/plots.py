@@ -8,6 +8,7 @@ draw. A latency that was not measured is drawn hollow and its legend entry says 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +37,13 @@ def _svg(fig, name: str) -> str:
         fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": "edgekd"})
     plt.close(fig)
     text = buffer.getvalue()
-    return text[text.index("<svg"):]  # drop the XML declaration and DOCTYPE: not allowed inline
+    text = text[text.index("<svg"):]  # drop the XML declaration and DOCTYPE: not allowed inline
+    # matplotlib numbers its groups per figure ("axes_1"): prefix every id and reference to one, so
+    # that the ids of a page's plots stay unique.
+    prefix = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + "-"
+    text = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}\1"', text)
+    text = re.sub(r'href="#([^"]+)"', rf'href="#{prefix}\1"', text)
+    return re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}\1)", text)
 
 
 def _figure(height_in: float = _HEIGHT_IN):

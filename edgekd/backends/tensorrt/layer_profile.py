@@ -1,4 +1,6 @@
 """Per-layer latency and precision of a TensorRT engine, from the files trtexec exports.
+(Not named profile.py: the package has a function `profile`, which a submodule of that name would
+replace as an attribute of the package once imported.)
 
 No TensorRT import: the parsers read text, so they are tested on any machine; only
 `profile_engine` runs trtexec. The formats (TensorRT 8.6-10.x, samples/common/sampleReporting.cpp
@@ -161,9 +163,13 @@ def build_trtexec_profile_command(engine_path: Path, out_dir: Path, *, runs: int
 
 def profile_engine(engine_path: Path, out_dir: Path, *, runs: int, warmup_ms: int, shapes: str | None = None) -> dict:
     """Run trtexec on a TensorRT host and return {"per_layer", "timings_ms", "load_ms",
-    "gpu_memory_mb", "cpu_memory_mb"}; the exported files stay in `out_dir`."""
+    "gpu_memory_mb", "cpu_memory_mb"} at batch 1; the exported files stay in `out_dir`."""
+    from edgekd.backends.tensorrt import read_metadata
     from edgekd.backends.tensorrt.trtexec import _run_trtexec, find_trtexec
 
+    metadata = read_metadata(engine_path)
+    if shapes is None and "input_name" in metadata and "input_chw" in metadata:
+        shapes = f"{metadata['input_name']}:1x{metadata['input_chw']}"  # a dynamic-batch engine needs one
     exe = find_trtexec()
     if exe is None:
         raise UserError("trtexec not found (on a Jetson it is in /usr/src/tensorrt/bin)")
