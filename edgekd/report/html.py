@@ -148,7 +148,8 @@ def _headline(report: dict[str, Any]) -> str:
     cards = [
         ("target", escape(report["target"]), escape((report.get("conditions") or {}).get("device", ""))),
         ("latency budget",
-         f'<span class="{"met" if met else "missed"}">{"met" if met else "MISSED"}</span>',
+         f'<span class="{"met" if met else "missed"}">{"met" if met else "MISSED"}</span>'
+         + ("" if measured(deployed) else ' <span class="badge predicted">on a PREDICTED latency</span>'),
          f"{_num(report['budget_ms'], '.4f', key='budget_ms', unit=' ms')} p50 ({escape(report.get('budget_source', ''))}); "
          f"the deployed student is at {_num(deployed['latency_ms']['p50'], '.4f', key=f'models.{key}.latency_ms.p50', unit=' ms')}"
          f"{source_badge(deployed.get('latency_source'))}"),
@@ -280,7 +281,11 @@ def _per_layer(models: dict[str, Any]) -> str:
             + f"<details><summary>all {len(profile['layers'])} layers</summary>"
             + table(["layer (source module)", "type", "kernel", "ran in", "median ms", "share"], rows, numeric=(4, 5))
             + "</details>")
-    return "<h2>Per-layer latency and execution precision</h2>" + "".join(parts)
+    return ("<h2>Per-layer latency and execution precision</h2><p>Each executed primitive after the runtime's "
+            "fusions (a convolution carries its bias, activation and requantization), with the kernel that ran it. "
+            "In an INT8 model the input's quantization and layout reorders may run in float by design; a "
+            "convolution, fully connected layer or MatMul that ran in float fell back. OpenVINO's counters have "
+            "1 &micro;s resolution.</p>" + "".join(parts))
 
 
 def _load_memory(models: dict[str, Any]) -> str:

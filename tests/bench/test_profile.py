@@ -5,23 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from backends.tiny_cnn import TinyCNN  # tests/ is on sys.path (tests/conftest.py)
 
 from edgekd.bench.profile import profile_artifact
 
 
-class Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.fc = torch.nn.Linear(4, 10)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
-
-
 def test_an_openvino_ir_gets_per_layer_load_and_memory(tmp_path):
     ovb = pytest.importorskip("edgekd.backends.openvino")
-    path = ovb.export(Tiny().eval(), torch.rand(1, 1, 8, 8), tmp_path / "m.xml", metadata={})
+    path = ovb.export(TinyCNN().eval(), torch.rand(1, 1, 8, 8), tmp_path / "m.xml", metadata={})
     result = profile_artifact("openvino", path, warmup=2, runs=5)
     assert set(result) == {"per_layer", "load_ms", "first_inference_ms", "peak_memory_mb", "memory_includes",
                            "memory_method"}

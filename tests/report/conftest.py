@@ -8,22 +8,9 @@ import copy
 
 import pytest
 import torch
+from backends.tiny_cnn import TinyCNN  # tests/ is on sys.path (tests/conftest.py)
 
 from edgekd.report.fields import models_for_report
-
-
-class SmallCNN(torch.nn.Module):
-    # A subclass, not a bare nn.Sequential: NNCF's tracing breaks on a top-level Sequential.
-    def __init__(self, channels: tuple[int, int]):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(1, channels[0], 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(channels[0], channels[1], 3, padding=1)
-        self.fc = torch.nn.Linear(channels[1], 10)
-
-    def forward(self, x):
-        x = torch.relu(self.conv1(x))
-        x = torch.relu(self.conv2(x))
-        return self.fc(x.mean(dim=(2, 3)))
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +20,7 @@ def artifacts(tmp_path_factory):
     nncf = pytest.importorskip("nncf")
     folder = tmp_path_factory.mktemp("artifacts")
     torch.manual_seed(0)
-    teacher, student = SmallCNN((32, 64)).eval(), SmallCNN((8, 16)).eval()
+    teacher, student = TinyCNN((32, 64)).eval(), TinyCNN((8, 16)).eval()
     quantized = nncf.quantize(student, nncf.Dataset([torch.rand(8, 1, 8, 8)]), subset_size=8)
     example = torch.rand(1, 1, 8, 8)
     return {key: (ovb.export(model, example, folder / f"{key}.xml", metadata={}), model)

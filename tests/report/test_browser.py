@@ -34,8 +34,12 @@ def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
     executable = _find_chromium()
     if executable is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, timeout=900, check=False,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (["apt-get", "install", "-y", "-qq", "chromium"], ["apt-get", "update", "-qq"],
+                        ["apt-get", "install", "-y", "-qq", "chromium"]):  # stale package lists: update once
+            if subprocess.run(command, capture_output=True, timeout=900, check=False, env=env).returncode == 0 \
+                    and command[1] == "install":
+                break
         executable = _find_chromium()
     if executable is None:
         pytest.skip("Chromium is not installed and could not be (needs root and apt-get: apt-get install chromium)")
