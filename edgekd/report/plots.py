@@ -12,13 +12,19 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from edgekd.errors import UserError
+
 _WIDTH_IN, _HEIGHT_IN = 7.0, 3.6
 _PRECISION_COLOURS = {"INT8": "#2a9d8f", "FP32": "#e76f51", "FP16": "#e9c46a", "BF16": "#f4a261"}
 _OTHER_COLOUR = "#8d99ae"
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:  # a core dependency, but an environment may have been installed without it
+        raise UserError("matplotlib is not installed (edgekd draws report.html's plots with it): "
+                        "pip install matplotlib") from exc
 
     matplotlib.use("Agg")  # no display; must precede pyplot's import
     import matplotlib.pyplot as plt
