@@ -22,7 +22,9 @@ def test_two_plots_on_one_page_share_no_element_id():
 
     first = plots.histogram_svg({"a": [0.1, 0.2, 0.15]})
     second = plots.predicted_vs_measured_svg([{"predicted_ms": 0.1, "measured_p50_ms": 0.12}])
-    ids = lambda svg: set(re.findall(r'id="([^"]+)"', svg))  # noqa: E731
+    def ids(svg: str) -> set[str]:
+        return set(re.findall(r'id="([^"]+)"', svg))
+
     assert ids(first) and ids(second) and not ids(first) & ids(second)
     for svg in (first, second):  # every reference still points at an id of its own plot
         assert set(re.findall(r'(?:href="#|url\(#)([^")]+)', svg)) <= ids(svg)
