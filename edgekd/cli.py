@@ -22,7 +22,7 @@ STAGE_HELP = {
     "distill": "train the student from the teacher (KD), quantization-aware when the target runs INT8",
     "export": "write the target runtime's artifacts (OpenVINO IR, ONNX) with metadata",
     "bench": "measure latency, throughput, size and accuracy of the exported artifacts on the target",
-    "report": "write report.json and report.md in the run dir",
+    "report": "write report.json, report.md and report.html (one self-contained page) in the run dir",
 }
 
 EXAMPLES = """examples:
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
             f"with --resume, this stage runs again and later stages are marked to be redone.",
         )
         _add_run_options(sub)
+        if stage == "report":
+            _add_report_options(sub)
     targets = commands.add_parser("targets", help="list the known targets")
     targets.set_defaults(command="targets")
     lut = commands.add_parser(
@@ -122,6 +124,29 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     out.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 
 
+def _add_report_options(parser: argparse.ArgumentParser) -> None:
+    parser.description += (" `edgekd report RUN_DIR` writes report.json, report.md and report.html of a run again; "
+                           "`edgekd report --compare RUN_DIR RUN_DIR ...` puts several runs side by side.")
+    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="the run to report on (same as --resume RUN_DIR)")
+    group = parser.add_argument_group("comparing runs")
+    group.add_argument("--compare", nargs="+", metavar="RUN_DIR",
+                       help="write one HTML page and one Markdown table comparing these runs (their report.json)")
+    group.add_argument("--output", metavar="FILE.html",
+                       help="where --compare writes (the .md goes beside it); default RUNS_DIR/compare-<date>-<time>.html")
+
+
+def _compare_runs(args: argparse.Namespace) -> int:
+    from edgekd.report.compare import default_output, write_comparison
+
+    if args.run_dir or args.resume:
+        raise UserError("give the runs to compare after --compare, not as RUN_DIR or --resume")
+    html_path, md_path = write_comparison(args.compare, args.output or default_output(args.runs_dir),
+                                          overwrite=args.overwrite)
+    print(f"comparison: {html_path}")
+    print(f"table:      {md_path}")
+    return 0
+
+
 def _add_lut_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", help="device name (see `edgekd targets`) or a target YAML file; default x86-cpu")
     size = parser.add_mutually_exclusive_group()
@@ -162,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
             return _list_targets()
         if args.command == "lut":
             return _build_lut(args)
+        if args.command == "report" and args.compare:
+            return _compare_runs(args)
+        if getattr(args, "run_dir", None):  # `edgekd report RUN_DIR`
+            if args.resume and args.resume != args.run_dir:
+                raise UserError(f"two run dirs given: {args.run_dir} and --resume {args.resume}")
+            args.resume = args.run_dir
         from edgekd.commands import open_run  # imports torch; keep `--help` fast
 
         ctx = open_run(args, command="edgekd " + " ".join(shlex.quote(a) for a in argv))
@@ -207,6 +238,8 @@ def _print_outcome(ctx, command: str) -> None:
     print(f"run dir: {ctx.run_dir}")
     if ctx.is_done("report"):
         print(f"report:  {ctx.run_dir / 'report.md'}")
+        if (ctx.run_dir / "report.html").is_file():
+            print(f"page:    {ctx.run_dir / 'report.html'}")
         report = ctx.result("report")
         if not report.budget_met:
             print(f"warning: the deployed student missed the latency budget ({report.budget_met_source} latency); "

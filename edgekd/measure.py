@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -37,6 +37,9 @@ class LatencyStats:
     runs: int
     warmup: int
     batch: int
+    # Every timed call, in call order: the report draws its latency histogram from these. Kept out
+    # of to_dict (its keys are a stable interface); see timings_summary.
+    samples_ms: list[float] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         # Short keys because the report header already says the unit is ms.
@@ -50,6 +53,21 @@ class LatencyStats:
             "warmup": self.warmup,
             "batch": self.batch,
         }
+
+
+def timings_summary(samples_ms: list[float]) -> dict:
+    """What the raw timings say beyond the percentiles: their count, spread and the slowest call,
+    so that a report can show how noisy a measurement was without carrying every sample."""
+    values = np.asarray(samples_ms, dtype=float)
+    if values.size == 0:
+        raise ValueError("timings_summary needs at least one sample")
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {
+        "count": int(values.size),
+        "p50": round(float(p50), 4), "p90": round(float(p90), 4), "p99": round(float(p99), 4),
+        "mean": round(float(values.mean()), 4), "std": round(float(values.std()), 4),
+        "min": round(float(values.min()), 4), "max": round(float(values.max()), 4),
+    }
 
 
 def progress(iterable: Iterable[T], *, desc: str, total: int | None = None) -> Iterable[T]:
@@ -95,6 +113,7 @@ def time_calls(
         runs=runs,
         warmup=warmup,
         batch=batch,
+        samples_ms=[round(float(v), 6) for v in durations_ms],
     )
     log.debug("timed %s: %s", desc or "calls", stats.to_dict())
     return stats

@@ -143,6 +143,10 @@ class ModelBench:
     size_mb: float
     artifact: str
     size_of: str | None = None
+    timings_ms: list[float] | None = None  # every timed batch-1 call, for the report's histogram
+    # What the runtime says beyond the percentiles (edgekd/bench/profile.py): per-layer time and
+    # precision, first-load time, peak memory; or why it is not measured
+    profile: dict[str, Any] | None = None
 
 
 @dataclass

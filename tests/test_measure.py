@@ -44,3 +44,16 @@ def test_rejects_zero_runs():
 
 def test_progress_yields_all_items():
     assert list(progress(range(5), desc="items")) == [0, 1, 2, 3, 4]
+
+
+def test_time_calls_keeps_every_sample_and_to_dict_keeps_its_keys():
+    from edgekd.measure import time_calls, timings_summary
+
+    stats = time_calls(lambda: None, warmup=1, runs=25)
+    assert len(stats.samples_ms) == 25 and min(stats.samples_ms) >= 0
+    assert stats.min_ms == pytest.approx(min(stats.samples_ms), abs=1e-6)
+    assert set(stats.to_dict()) == {"p50", "p90", "p99", "mean", "min", "runs", "warmup", "batch"}
+    summary = timings_summary([1.0, 2.0, 3.0, 10.0])
+    assert summary["count"] == 4 and summary["max"] == 10.0 and summary["p50"] == 2.5 and summary["std"] > 0
+    with pytest.raises(ValueError):
+        timings_summary([])

@@ -51,6 +51,9 @@ class Backend(Protocol):
     def accuracy(self, path: Path, x: Any, y: Any) -> float: ...
     def size_mb(self, path: Path) -> float: ...
     def predictor(self, path: Path) -> Any: ...  # a function: a batch of inputs -> its logits (numpy)
+    def profile_artifact(self, path: Path, *, warmup: int, runs: int, threads: int | None = None,
+                         work_dir: Path | None = None) -> dict[str, Any]: ...
+    # ^ per-layer time and precision, first-load time, peak memory; {"profile_unavailable": why} where not measured
 
     # -- what the stages call ------------------------------------------------------------------
     def runtime_missing(self) -> str | None:

@@ -448,3 +448,7 @@ def device_conditions() -> dict[str, str]:
 def predictor(path: Path):
     """A function batch -> logits (macOS only); loads the package on each call."""
     return lambda x: predict_logits(path, x)
+
+
+def profile_artifact(path: Path, *, warmup: int, runs: int, threads: int | None = None, work_dir=None) -> dict:
+    return {"profile_unavailable": "Core ML per-layer times need Xcode's Core ML performance report on a Mac"}

@@ -248,3 +248,7 @@ def accuracy_stand_in(path: Path):
 
 def device_conditions() -> dict[str, str]:
     return {}
+
+
+def profile_artifact(path: Path, *, warmup: int, runs: int, threads: int | None = None, work_dir=None) -> dict:
+    return {"profile_unavailable": "per-layer counters, load time and memory are not measured for onnxruntime yet"}

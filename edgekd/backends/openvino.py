@@ -137,14 +137,8 @@ def _read_model(path: Path) -> ov.Model:
     return _core().read_model(str(path))
 
 
-def compile(
-    path: Path, *, threads: int | None = None, batch: int | None = None
-) -> ov.CompiledModel:
-    """Compile the IR for CPU; with `batch`, fix the batch dimension (static shapes run faster)."""
-    ov_model = _read_model(path)
-    if batch is not None:
-        shape = ov_model.input(0).get_partial_shape()
-        ov_model.reshape({0: ov.PartialShape([batch, *list(shape)[1:]])})
+def compile_config(threads: int | None = None) -> dict:
+    """The CPU plugin settings every measurement uses (also the load probe's, see measure_load)."""
     config = {
         "INFERENCE_PRECISION_HINT": _INFERENCE_PRECISION,
         # LATENCY: one stream serving one request at a time, as on a single-camera edge device.
@@ -152,6 +146,23 @@ def compile(
     }
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
+    return config
+
+
+def compile(
+    path: Path,
+    *,
+    threads: int | None = None,
+    batch: int | None = None,
+    extra_config: dict | None = None,
+) -> ov.CompiledModel:
+    """Compile the IR for CPU; with `batch`, fix the batch dimension (static shapes run faster).
+    `extra_config` adds plugin properties (e.g. PERF_COUNT for per-layer counters)."""
+    ov_model = _read_model(path)
+    if batch is not None:
+        shape = ov_model.input(0).get_partial_shape()
+        ov_model.reshape({0: ov.PartialShape([batch, *list(shape)[1:]])})
+    config = compile_config(threads) | (extra_config or {})
     log.debug("compiling %s for %s with %s", path, _DEVICE, config)
     return _core().compile_model(ov_model, _DEVICE, config)
 
@@ -225,6 +236,116 @@ def size_mb(path: Path) -> float:
     return total_bytes / 1e6
 
 
+# --- per-layer counters, first-load time, peak memory (for the report) -----------------------
+
+# Layers whose INT8 execution is what quantization buys. Others (reorders, pooling, the
+# FakeQuantize that quantizes the input) may run in float in a correctly quantized model.
+_COMPUTE_LAYER_TYPES = frozenset({
+    "Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "FullyConnectedQuantized",
+    "FullyConnectedQuantizedLegacy", "MatMul", "BinaryConvolution",
+})
+_EXEC_PRECISIONS = {"i8": "INT8", "u8": "INT8", "f32": "FP32", "fp32": "FP32", "bf16": "BF16",
+                    "f16": "FP16", "fp16": "FP16", "i32": "INT32"}
+_LOAD_PROBE = Path(__file__).with_name("openvino_load_probe.py")
+_LOAD_PROBE_TIMEOUT_S = 600
+
+
+def execution_precision(exec_type: str) -> str:
+    """The precision a CPU-plugin primitive ran in, from its implementation name
+    ("brgconv_avx512_I8" -> INT8, "jit_avx2_FP32" / "gemm_mlas_f32" -> FP32)."""
+    suffix = exec_type.rsplit("_", 1)[-1].lower()
+    return _EXEC_PRECISIONS.get(suffix, "other")
+
+
+def profile_layers(
+    path: Path, *, warmup: int, runs: int, threads: int | None = None, batch: int = 1
+) -> dict:
+    """Per-layer latency and execution precision from the CPU plugin's performance counters
+    (PERF_COUNT), over `runs` inferences after `warmup`: each executed layer's median time.
+
+    The counters of one inference are per primitive after fusion: a convolution's fused bias,
+    activation and output FakeQuantize are counted in it. `compute_float` lists the compute
+    layers (convolutions, fully connected, MatMul) that did not run in INT8: in an INT8 artifact,
+    the layers that fell back."""
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    compiled = compile(Path(path), threads=threads, batch=batch, extra_config={"PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    port = compiled.input(0)
+    data = np.random.default_rng(0).random(tuple(port.get_shape())).astype(port.get_element_type().to_dtype())
+    request.set_input_tensor(ov.Tensor(data))
+    for _ in range(warmup):
+        request.infer(share_outputs=True)
+    times_ms: dict[str, list[float]] = {}
+    kinds: dict[str, tuple[str, str]] = {}
+    for _ in range(runs):
+        request.infer(share_outputs=True)
+        for info in request.get_profiling_info():
+            if info.status != ov.ProfilingInfo.Status.EXECUTED:
+                continue  # fused into another primitive, or a constant
+            times_ms.setdefault(info.node_name, []).append(info.real_time.total_seconds() * 1000.0)
+            kinds[info.node_name] = (info.node_type, info.exec_type)
+    origins = _layer_origins(compiled)
+    layers = []
+    for name, samples in times_ms.items():  # execution order
+        node_type, exec_type = kinds[name]
+        layers.append({"name": name, "origin": origins.get(name, name), "type": node_type, "exec_type": exec_type,
+                       "precision": execution_precision(exec_type), "median_ms": round(float(np.median(samples)), 5)})
+    total = sum(layer["median_ms"] for layer in layers)
+    for layer in layers:
+        layer["share"] = round(layer["median_ms"] / total, 4) if total > 0 else 0.0
+    compute = [layer for layer in layers if layer["type"] in _COMPUTE_LAYER_TYPES]
+    return {
+        "source": "OpenVINO CPU performance counters (PERF_COUNT, InferRequest.get_profiling_info)",
+        "runtime": f"openvino {ov.__version__}", "runs": runs, "warmup": warmup, "batch": batch,
+        "layers": layers, "total_ms": round(total, 5),
+        "compute_int8": [layer["name"] for layer in compute if layer["precision"] == "INT8"],
+        "compute_float": [layer["name"] for layer in compute if layer["precision"] != "INT8"],
+    }
+
+
+def _layer_origins(compiled: ov.CompiledModel) -> dict[str, str]:
+    """Executed primitive -> the torch module it came from. After quantization and fusion a
+    convolution is named after a Multiply ("Multiply_139870"); the runtime model's
+    originalLayersNames still lists the source layers ("__module.stages.0.0.conv1.1/aten::...")."""
+    origins = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt_info = op.get_rt_info()
+        if "originalLayersNames" not in rt_info:
+            continue
+        names = rt_info["originalLayersNames"].astype(str).split(",")
+        modules = [n.removeprefix("__module.").split("/")[0] for n in names if n.startswith("__module.")]
+        if modules:
+            origins[op.get_friendly_name()] = modules[0] + (f" (+{len(names) - 1} fused)" if len(names) > 1 else "")
+    return origins
+
+
+def measure_load(path: Path, *, threads: int | None = None) -> dict:
+    """First-load (read + compile) time, first-inference time and peak memory of the IR at
+    batch 1, each measured in a fresh Python process (openvino_load_probe.py says exactly what
+    is counted), so that nothing this process already loaded or cached is missed."""
+    import json
+    import subprocess
+    import sys
+
+    path = require_file(Path(path))
+    # -I: the script's own folder (which holds this module, openvino.py) must not shadow the
+    # openvino package, and no PYTHON* variable or user site should change what is loaded.
+    command = [sys.executable, "-I", str(_LOAD_PROBE), str(path), json.dumps(compile_config(threads))]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=_LOAD_PROBE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise UserError(f"loading {path.name} in a fresh process took over {_LOAD_PROBE_TIMEOUT_S} s") from exc
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        errors = [line for line in done.stderr.splitlines() if line.strip()] or ["no output"]
+        raise UserError(f"could not load {path.name} in a fresh process: {errors[-1]}")
+    result = json.loads(lines[-1])
+    result["memory_includes"] = ("OpenVINO's CPU plugin, the model read and compiled at batch 1, one infer request "
+                                 "and one inference; not the Python interpreter, numpy or the openvino module")
+    return result
+
+
 # --- what the stages call (edgekd.backends.Backend) -------------------------------------------
 
 
@@ -267,3 +388,16 @@ def accuracy_stand_in(path: Path):
 
 def device_conditions() -> dict[str, str]:
     return {}  # the CPU's name is recorded by bench for every backend
+
+
+def profile_artifact(path: Path, *, warmup: int, runs: int, threads: int | None = None, work_dir=None) -> dict:
+    """Per-layer time and precision (profile_layers) and first-load time and peak memory
+    (measure_load) of the IR, for the report."""
+    per_layer = profile_layers(path, warmup=warmup, runs=runs, threads=threads)
+    load = measure_load(path, threads=threads)
+    log.info("bench: %s loads in %.1f ms, peak memory %.1f MB; %d layers profiled, %d compute layers not INT8",
+             Path(path).name, load["load_ms"], load["peak_memory_mb"], len(per_layer["layers"]),
+             len(per_layer["compute_float"]))
+    return {"per_layer": per_layer, **{key: load[key] for key in
+                                       ("load_ms", "first_inference_ms", "peak_memory_mb", "memory_includes",
+                                        "memory_method")}}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.backends import artifact_accuracy, get_backend
+from edgekd.bench.profile import profile_artifact
 from edgekd.io import write_json
 from edgekd.latency.predicted import predicted_latency
 from edgekd.latency.records import append_record
@@ -57,9 +58,13 @@ def run(ctx: RunContext) -> BenchResult:
     for key, (model, _, precision) in deployed_models.items():
         path = ctx.run_dir / export.artifacts[key]  # where the artifact is, or would be had it been built here
         arch, params, macs = counts["teacher" if key == "teacher" else "student"]
+        timings, profile = None, None
         if unmeasurable is None:
-            latency, throughput, conditions = _measure(ctx, backend, backend.timed_path(path))
+            latency, throughput, conditions, timings = _measure(ctx, backend, backend.timed_path(path))
             remote_conditions = conditions or remote_conditions  # the device's CPU and runtime, not this machine's
+            if target.runner == "local":
+                profile = profile_artifact(target.backend, backend.timed_path(path), warmup=settings.warmup,
+                                           runs=settings.runs, threads=settings.threads)
         else:
             # Predicted from the float architecture at the precision: the fake-quantized copy's
             # quantizer modules are not layers of the deployed network.
@@ -72,7 +77,8 @@ def run(ctx: RunContext) -> BenchResult:
             arch=arch, precision=precision, params=params, macs=macs, latency=latency, throughput_ips=throughput,
             throughput_batch=settings.throughput_batch, accuracy=accuracy, accuracy_source=accuracy_source,
             size_mb=round(size_mb, 4), artifact=str(shown.relative_to(ctx.run_dir)),
-            size_of=None if path.exists() else f"{shown.name} (the artifact is built on the device)")
+            size_of=None if path.exists() else f"{shown.name} (the artifact is built on the device)",
+            timings_ms=timings, profile=profile)
         p99 = f"  p99 {latency.p99_ms:.4f} ms" if latency.p99_ms else ""
         log.info("bench: %-13s %s acc %.4f (%s)  p50 %s%s", key, precision, accuracy, accuracy_source, latency, p99)
     result = BenchResult(models=models, conditions=conditions_of(ctx, backend) | remote_conditions,
@@ -95,9 +101,10 @@ def run(ctx: RunContext) -> BenchResult:
     return result
 
 
-def _measure(ctx: RunContext, backend, path: Path) -> tuple[Latency, float, dict[str, Any] | None]:
+def _measure(ctx: RunContext, backend, path: Path) -> tuple[Latency, float, dict[str, Any] | None, list | None]:
     """Batch-1 latency and throughput at bench.throughput_batch, here or on the device over SSH
-    when the target names a runner (edgekd/remote); the device's conditions when remote."""
+    when the target names a runner (edgekd/remote); the device's conditions when remote, and
+    every timed call when the timing kept them."""
     settings, target = ctx.recipe.bench, ctx.target
     stats = benchmark_on_target(target, path, backend, settings.warmup, settings.runs, settings.threads)
     batch = settings.throughput_batch
@@ -105,7 +112,7 @@ def _measure(ctx: RunContext, backend, path: Path) -> tuple[Latency, float, dict
                                settings.threads, batch=batch)
     latency = Latency(stats.p50_ms, MEASURED, p90_ms=stats.p90_ms, p99_ms=stats.p99_ms)
     conditions = stats.conditions() if hasattr(stats, "conditions") else None
-    return latency, round(batch / (bulk.p50_ms / 1000.0), 1), conditions
+    return latency, round(batch / (bulk.p50_ms / 1000.0), 1), conditions, getattr(stats, "samples_ms", None)
 
 
 def _accuracy(ctx: RunContext, backend, path: Path, model, *, runtime_here: bool) -> tuple[float, str]:

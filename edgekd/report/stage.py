@@ -15,7 +15,14 @@ from typing import Any
 from edgekd.io import write_json, write_text
 from edgekd.latency.source import Latency
 from edgekd.measure import cpu_name
-from edgekd.report.markdown import render_markdown
+from edgekd.report.fields import (
+    environment_extras,
+    models_for_report,
+    predicted_vs_measured,
+    raw_timings,
+)
+from edgekd.report.html import render_html
+from edgekd.report.markdown import findings, render_markdown
 from edgekd.results import (
     BenchResult,
     ModelBench,
@@ -35,6 +42,9 @@ def run(ctx: RunContext) -> ReportResult:
     report = build_report(ctx)
     write_json(ctx.run_dir / "report.json", report)
     write_text(ctx.run_dir / "report.md", render_markdown(report))
+    bench: BenchResult = ctx.result("bench")
+    timings = raw_timings({key: {"timings_ms": model.timings_ms} for key, model in bench.models.items()})
+    write_text(ctx.run_dir / "report.html", render_html(report, timings_ms=timings, findings=findings(report)))
     return ReportResult(report_json="report.json", report_md="report.md", budget_met=report["budget_met"],
                         budget_met_source=report["budget_met_source"])
 
@@ -62,10 +72,12 @@ def build_report(ctx: RunContext) -> dict[str, Any]:
         "chance_accuracy": 1.0 / ctx.data.num_classes,
         "search": search_summary(search, bench),
         "export": {k: v for k, v in ctx.result("export").details.items() if k in EXPORT_KEYS},
-        "models": {key: model_entry(model) for key, model in bench.models.items()},
+        "models": models_for_report({key: model_entry(model) for key, model in bench.models.items()}),
         "stages": {name: stage_summary(ctx.result(name)) for name in ctx.state.completed if name != "report"},
         "conditions": bench.conditions,
-        "environment": environment(),
+        "environment": environment() | environment_extras(bench.conditions),
+        "predicted_vs_measured": predicted_vs_measured(ctx.target.name, ctx.data.input_shape,
+                                                       bench.deployed.precision),
         "command": ctx.spec.command,
         "run_dir": str(ctx.run_dir),
     }
@@ -73,6 +85,7 @@ def build_report(ctx: RunContext) -> dict[str, Any]:
 
 def model_entry(model: ModelBench) -> dict[str, Any]:
     entry = dataclasses.asdict(model)
+    entry |= entry.pop("profile") or {}  # per_layer, load_ms, peak_memory_mb, ... (or why not measured)
     latency = entry.pop("latency")
     return entry | {"latency_ms": {"p50": latency["ms"], "p90": latency["p90_ms"], "p99": latency["p99_ms"]},
                     "latency_source": latency["source"], "latency_detail": latency["detail"]}
@@ -142,4 +155,4 @@ def _version(package: str) -> str:
 
 
 def summary(result: ReportResult) -> str:
-    return f"wrote {result.report_json} and {result.report_md}"
+    return f"wrote {result.report_json}, {result.report_md} and report.html"

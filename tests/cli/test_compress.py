@@ -99,6 +99,16 @@ def test_report_md_is_a_table_with_the_reproducing_command(run_dir):
     assert "speed-up" in text
 
 
+def test_compress_writes_report_html_and_report_run_dir_writes_it_again(run_dir):
+    page = run_dir / "report.html"
+    assert "<h1>edgekd report: x86-cpu</h1>" in page.read_text() and "<script" not in page.read_text()
+    page.unlink()
+    assert main(["report", str(run_dir), "-q"]) == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    assert "Student search" in page.read_text() and set(report) >= {"predicted_vs_measured", "models"}
+    assert {"gpu", "power_mode", "precision_hint"} <= set(report["environment"])
+
+
 def test_search_keeps_candidates_and_the_chosen_record(run_dir):
     candidates = json.loads((run_dir / "search" / "candidates.json").read_text())
     chosen = json.loads((run_dir / "search" / "arch.json").read_text())

@@ -398,3 +398,14 @@ def device_conditions() -> dict[str, str]:
 def predictor(path: Path):
     """A function batch -> logits (needs the bindings and CUDA); loads the engine on each call."""
     return lambda x: predict_logits(path, x)
+
+
+def profile_artifact(path: Path, *, warmup: int, runs: int, threads: int | None = None, work_dir=None) -> dict:
+    """trtexec's exported per-layer profile, layer info and load log of a built engine."""
+    path = Path(path)
+    if path.suffix != SUFFIX or not path.is_file():
+        return {"profile_unavailable": "no TensorRT engine was built here (per-layer times need trtexec on the device)"}
+    from edgekd.backends.tensorrt.layer_profile import profile_engine
+
+    return profile_engine(path, work_dir or path.parent / f"{path.stem}-profile", runs=runs,
+                          warmup_ms=_DEFAULT_WARMUP_MS)
