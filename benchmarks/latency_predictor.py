@@ -56,8 +56,8 @@ from edgekd.target import load_target
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latency-predictor"
 SETTINGS = {"digits": ((1, 8, 8), 10), "224": ((3, 224, 224), 1000)}
-FULL_SPACE = SearchConfig(families=["resnet", "mobilenet"])
-QUICK_SPACE = SearchConfig(families=["resnet", "mobilenet"], width_multipliers=[0.25, 0.5], depth_options=[1, 2],
+FULL_SPACE = SearchConfig(families=["resnet", "mobilenet"], base="resnet_s", mobilenet_base="mobilenet_s")
+QUICK_SPACE = SearchConfig(families=["resnet", "mobilenet"], base="resnet_s", mobilenet_base="mobilenet_s", width_multipliers=[0.25, 0.5], depth_options=[1, 2],
                            kernel_options=[3], expand_options=[3], se_options=[False, True])
 log = logging.getLogger("latency_predictor")
 

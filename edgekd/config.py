@@ -127,8 +127,11 @@ class SearchConfig:
     # The space: which families, and the choices within them (edgekd/search/space.py).
     # "teacher-derived" is the teacher with blocks removed and channels thinned (N2N-style).
     families: list[str] = one_of(FAMILIES, factory=lambda: ["resnet", "mobilenet", "teacher-derived"])
-    base: str = "resnet_s"  # the resnet family's reference architecture (widths x multiplier)
-    mobilenet_base: str = "mobilenet_s"  # the inverted-residual family's reference architecture
+    # The families' reference architectures (widths x multiplier). "auto": by the input size, the
+    # small-image ones below 96 px (resnet_s, mobilenet_s: stride-1 stems, 3-4 stages), else the
+    # 224-style ones (resnet_s_224, mobilenet_224: stride-2 stems, 4-6 stages, overall stride 32).
+    base: str = "auto"
+    mobilenet_base: str = "auto"
     width_multipliers: list[float] = above(0, factory=lambda: [0.25, 0.5, 1.0, 1.5, 2.0])
     depth_options: list[int] = at_least(1, factory=lambda: [1, 2])  # per stage
     kernel_options: list[int] = at_least(1, factory=lambda: [3, 5])  # mobilenet, per stage; odd

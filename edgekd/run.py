@@ -34,6 +34,7 @@ from edgekd.version import __version__
 log = logging.getLogger(__name__)
 
 SPLIT_FILE = "data/split.json"  # an image folder's files per split
+PYTHON_DATA = "python:"  # RunSpec.data of a run whose data is a torch Dataset given to the Python API
 
 
 @dataclass
@@ -176,6 +177,9 @@ class RunContext:
     @cached_property
     def data(self) -> DatasetSplits:
         """The run's data; an image folder's split exactly as saved when the run started."""
+        if (self.spec.data or "").startswith(PYTHON_DATA):
+            raise UserError(f"this run's data is a Python dataset ({self.spec.data}): continue it from Python, "
+                            "edgekd.compress(..., data=<the same dataset>, run_dir=..., resume=True)")
         split_file = self.run_dir / SPLIT_FILE
         if split_file.is_file():
             return load_file_lists(json.loads(split_file.read_text()), self.recipe.data)

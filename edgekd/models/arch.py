@@ -43,6 +43,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stages": [_stage(16, 1, 1, 3, 1, False), _stage(24, 2, 2, 3, 6, False),
                    _stage(32, 2, 2, 5, 6, True), _stage(48, 2, 2, 3, 6, True)],
     },
+    # Product-sized inputs (96 px and up): ResNet's stride-2 stem and max pool (56x56 at the first
+    # stage for 224x224 inputs) and four stages, overall stride 32 as in torchvision's ResNets.
+    "resnet_s_224": {"family": "resnet", "stem": 32, "stem_stride": 2, "stem_pool": True,
+                     "widths": [32, 64, 128, 256], "depths": [1, 1, 1, 1]},
+    "resnet18": {"family": "resnet", "stem": 64, "stem_stride": 2, "stem_pool": True,
+                 "widths": [64, 128, 256, 512], "depths": [2, 2, 2, 2]},
     # MobileNetV2's layout for 3x224x224 (overall stride 32, 7x7 before the head), with its last
     # two stages (160x3 + 320x1) folded into one 160x3 stage to keep it at six stages.
     "mobilenet_224": {

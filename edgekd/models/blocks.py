@@ -16,7 +16,7 @@ from torch import nn
 
 from edgekd.models.arch import resolve_arch
 from edgekd.models.mobilenet import InvertedResidual, block_args, conv_bn_act
-from edgekd.models.resnet import BasicBlock, _conv_bn_relu
+from edgekd.models.resnet import BasicBlock, resnet_stem
 
 KINDS = ("stem", "resnet_basic", "inverted_residual", "head")
 
@@ -49,8 +49,15 @@ def _resnet_plan(record, in_channels, num_classes, hw) -> list[dict[str, Any]]:
         raise ValueError(
             f"widths {record['widths']} and depths {record['depths']} must have the same length"
         )
-    plan = [{"kind": "stem", "act": "relu", "in_channels": in_channels,
-             "out_channels": record["stem"], "kernel": 3, "stride": 1, "in_hw": hw}]
+    stem_stride, pool = record.get("stem_stride", 1), record.get("stem_pool", False)
+    stem = {"kind": "stem", "act": "relu", "in_channels": in_channels, "out_channels": record["stem"], "kernel": 3,
+            "stride": stem_stride, "in_hw": hw}
+    if pool:
+        stem["pool"] = True  # only then in the spec: the tables' keys of stride-1 stems stay as they were
+    plan = [stem]
+    hw = _out_hw(hw, 3, stem_stride)
+    if pool:
+        hw = _out_hw(hw, 3, 2)
     in_ch = record["stem"]
     # The stride rule of ResNet.__init__: every stage but the first halves on its first block.
     for index, (width, depth) in enumerate(zip(record["widths"], record["depths"])):
@@ -114,9 +121,9 @@ def build_block(spec: dict[str, Any]) -> nn.Module:
 
 def _build_stem(spec: dict[str, Any]) -> nn.Module:
     if spec["act"] == "relu":
-        if spec["kernel"] != 3 or spec["stride"] != 1:
-            raise ValueError(f"a relu stem is ResNet's 3x3 stride-1 stem, got {spec}")
-        return _conv_bn_relu(spec["in_channels"], spec["out_channels"])
+        if spec["kernel"] != 3:
+            raise ValueError(f"a relu stem is ResNet's 3x3 stem, got {spec}")
+        return resnet_stem(spec["in_channels"], spec["out_channels"], spec["stride"], spec.get("pool", False))
     if spec["act"] == "relu6":
         return conv_bn_act(spec["in_channels"], spec["out_channels"], spec["kernel"],
                            spec["stride"])

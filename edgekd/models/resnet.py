@@ -39,9 +39,19 @@ class BasicBlock(nn.Module):
         return self.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
 
 
+def resnet_stem(in_ch: int, out_ch: int, stride: int = 1, pool: bool = False) -> nn.Sequential:
+    """3x3 conv-BN-ReLU at `stride`; with `pool`, ResNet's 3x3 stride-2 max pool after it. At
+    224x224 (stride 2 and the pool) the first stage sees 56x56, as in torchvision's ResNets."""
+    layers = list(_conv_bn_relu(in_ch, out_ch, stride))
+    if pool:
+        layers.append(nn.MaxPool2d(3, stride=2, padding=1))
+    return nn.Sequential(*layers)
+
+
 class ResNet(nn.Module):
-    """stem conv, then one stage per width (the first at stride 1, the rest at stride 2), then
-    global average pooling and a linear classifier. Global pooling makes it input-size agnostic."""
+    """stem conv (stride 1 for small images; stride 2 and a max pool at 224), then one stage per
+    width (the first at stride 1, the rest at stride 2), then global average pooling and a linear
+    classifier. Global pooling makes it input-size agnostic."""
 
     def __init__(
         self,
@@ -50,11 +60,13 @@ class ResNet(nn.Module):
         stem: int,
         widths: list[int],
         depths: list[int],
+        stem_stride: int = 1,
+        stem_pool: bool = False,
     ):
         super().__init__()
         if len(widths) != len(depths):
             raise ValueError(f"widths {widths} and depths {depths} must have the same length")
-        self.stem = _conv_bn_relu(in_channels, stem)
+        self.stem = resnet_stem(in_channels, stem, stem_stride, stem_pool)
         stages: list[nn.Module] = []
         in_ch = stem
         for index, (width, depth) in enumerate(zip(widths, depths)):

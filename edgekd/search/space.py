@@ -19,6 +19,7 @@ Every record's widths are rounded to the target's fast channel multiple.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -36,13 +37,26 @@ def record_key(record: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in record.items() if k != "name"}, sort_keys=True, separators=(",", ":"))
 
 
+# From this input side (px) on, "auto" bases are the 224-style architectures.
+LARGE_INPUT_PX = 96
+AUTO_BASES = {False: ("resnet_s", "mobilenet_s"), True: ("resnet_s_224", "mobilenet_224")}
+
+
+def for_input(settings: SearchConfig, input_shape: tuple[int, ...]) -> SearchConfig:
+    """The settings with "auto" bases resolved for images of `input_shape` (C, H, W)."""
+    resnet, mobilenet = AUTO_BASES[min(input_shape[1:]) >= LARGE_INPUT_PX]
+    return dataclasses.replace(settings, base=resnet if settings.base == "auto" else settings.base,
+                               mobilenet_base=mobilenet if settings.mobilenet_base == "auto" else settings.mobilenet_base)
+
+
 def check_space(settings: SearchConfig) -> None:
     """Fail before any work on a space that cannot be searched: what the recipe's value rules
     (edgekd/config.py) cannot say alone, the architecture names and odd kernel sizes."""
     if any(k % 2 == 0 or k < 1 for k in settings.kernel_options):
         raise UserError(f"search.kernel_options must be odd, got {settings.kernel_options}")
-    resolve_arch(settings.base)
-    if "mobilenet" in settings.families:
+    if settings.base != "auto":
+        resolve_arch(settings.base)
+    if "mobilenet" in settings.families and settings.mobilenet_base != "auto":
         resolve_arch(settings.mobilenet_base)
 
 

@@ -29,7 +29,7 @@ from edgekd.run import RunContext
 from edgekd.search import engine
 from edgekd.search.engine import Evaluation
 from edgekd.search.evaluate import Evaluator
-from edgekd.search.space import check_space, suggest_record
+from edgekd.search.space import check_space, for_input, suggest_record
 from edgekd.search.timing import measure_latency, target_latency
 from edgekd.target import baseline_precision, why_not_measurable
 
@@ -111,6 +111,7 @@ def pick_finalist(ctx: RunContext, front: list[Evaluation], limit_ms: float) -> 
 
 
 def run(ctx: RunContext) -> SearchResult:
+    ctx.recipe.search = for_input(ctx.recipe.search, ctx.data.input_shape)  # "auto" bases (a no-op once resolved)
     settings, target = ctx.recipe.search, ctx.target
     check_space(settings)
     torch.manual_seed(ctx.spec.seed)

@@ -85,7 +85,7 @@ def pickled_teacher(path: Path, cls: type[nn.Module]) -> Path:
 def test_a_pickled_teacher_gives_derived_students_that_survive_a_resumed_run(tmp_path):
     teacher_path = pickled_teacher(tmp_path / "t.pt", DigitNet)
     run_dir = tmp_path / "derived"
-    common = ["--target", "x86-cpu", "--teacher", str(teacher_path), "--trust-pickle"]
+    common = ["--target", "x86-cpu", "--teacher", str(teacher_path), "--trust-pickle", "--allow-weak-teacher"]
     assert main(["search", "--runs-dir", str(tmp_path), "--name", "derived", *common, *tiny_args(),
                  *DERIVED_ONLY]) == 0
     state = json.loads((run_dir / "state.json").read_text())
@@ -117,7 +117,7 @@ def test_a_pickled_teacher_gives_derived_students_that_survive_a_resumed_run(tmp
 def test_an_untraceable_pickled_teacher_skips_derived_students_with_a_warning(tmp_path, caplog):
     teacher_path = pickled_teacher(tmp_path / "branchy.pt", Branchy)
     args = ["--runs-dir", str(tmp_path), "--target", "x86-cpu", "--teacher", str(teacher_path), "--trust-pickle",
-            *tiny_args(), "--set", "search.families=['resnet','teacher-derived']", "--set", "search.trials=2"]
+            "--allow-weak-teacher", *tiny_args(), "--set", "search.families=['resnet','teacher-derived']", "--set", "search.trials=2"]
     with caplog.at_level(logging.WARNING, logger="edgekd.models.derived"):
         assert main(["search", "--name", "branchy", *args]) == 0
     skipped = [r for r in caplog.records if "teacher-derived candidates skipped" in r.getMessage()]

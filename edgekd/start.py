@@ -1,0 +1,190 @@
+"""Opening a run: a new run dir from what the user asked (checked before any work, so bad input
+fails fast and leaves nothing half-made), or a resumed one. The command line (edgekd/commands.py)
+and the Python API (edgekd/api.py) both open runs here."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from edgekd.config import check_data, load_recipe, to_dict
+from edgekd.data import DatasetSplits, load_dataset
+from edgekd.distill.losses import make_kd_loss
+from edgekd.errors import UserError
+from edgekd.io import fingerprint_file
+from edgekd.models import resolve_arch
+from edgekd.run import (
+    PYTHON_DATA,
+    RunContext,
+    RunSpec,
+    check_new_run_dir,
+    default_run_name,
+)
+from edgekd.search.space import check_space, for_input
+from edgekd.target import load_target
+from edgekd.teacher.hub import is_hub_name
+from edgekd.teacher.loading import teacher_file_facts
+from edgekd.teacher.resolve import check_teacher_accuracy, load_user_teacher
+from edgekd.training.device import check_device_name
+
+log = logging.getLogger(__name__)
+
+
+def new_run(
+    *,
+    target: str = "x86-cpu",
+    data: str | None = None,
+    teacher: str | None = None,
+    teacher_arch: str | None = None,
+    trust_pickle: bool = False,
+    allow_weak_teacher: bool = False,
+    budget_ms: float | None = None,
+    storage: str | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    recipe: str | None = None,
+    overrides: list[str] = (),
+    runs_dir: str | Path = "runs",
+    name: str | None = None,
+    overwrite: bool = False,
+    train_device: str = "auto",
+    command: str = "",
+    loaded_data: DatasetSplits | None = None,
+) -> RunContext:
+    """A new run dir for these inputs. `loaded_data` stands for `data` when the caller has the
+    splits already (the Python API with a torch Dataset)."""
+    target_spec = load_target(target or "x86-cpu")
+    if device:
+        from edgekd.remote import parse_ssh_url
+
+        parse_ssh_url(device)  # a malformed URL fails now, before any work
+        target_spec.runner = device
+    check_inputs(data=data, teacher=teacher, budget_ms=budget_ms, train_device=train_device, teacher_arch=teacher_arch)
+    settings = load_recipe(recipe, list(overrides), bench_defaults=target_spec.bench)
+    # Typos in the recipe should fail now, not after minutes of teacher training and search.
+    resolve_arch(settings.teacher.arch)
+    check_space(settings.search)
+    make_kd_loss(settings.distill.loss, settings.distill)
+    _check_distill(settings.distill)
+    _check_target_tools(target_spec)
+    spec = RunSpec(
+        target=to_dict(target_spec), recipe=to_dict(settings),
+        data=f"{PYTHON_DATA}{loaded_data.name}" if loaded_data is not None else _abs(data), teacher=_abs(teacher),
+        teacher_arch=teacher_arch, trust_pickle=bool(trust_pickle), budget_ms=budget_ms, storage=storage,
+        seed=seed if seed is not None else 0, train_device=train_device or "auto",
+        allow_weak_teacher=bool(allow_weak_teacher), command=command,
+    )
+    run_dir = Path(runs_dir) / (name or default_run_name(target_spec.name))
+    if run_dir.exists() and not overwrite:
+        check_new_run_dir(run_dir)
+    # Load what the user gave before creating anything, so bad data or a bad checkpoint fails
+    # fast and leaves no half-made run dir behind.
+    expected_shape = _take_teacher_file_facts(spec, settings) if spec.teacher else None
+    splits = loaded_data or load_dataset(spec.data, seed=spec.seed, settings=settings.data,
+                                         teacher_size=spec.teacher_input_size)
+    _check_expected_shape(spec.teacher, expected_shape, splits.input_shape)
+    settings.search = for_input(settings.search, splits.input_shape)  # "auto" bases by the real input size
+    spec.recipe = to_dict(settings)
+    user_teacher = load_user_teacher(spec, splits) if spec.teacher else None
+    if user_teacher is not None:  # before any search or training: a teacher fed the wrong inputs stops here
+        check_teacher_accuracy(user_teacher, splits.num_classes, allow_weak=spec.allow_weak_teacher)
+        spec.teacher_sha256 = fingerprint_file(spec.teacher)
+    if settings.distill.calibration:  # images missing or of the wrong shape: say so before any work
+        from edgekd.data.calibration import load_calibration
+
+        load_calibration(settings.distill.calibration, splits.input_shape, crop_fraction=settings.data.crop_fraction)
+    ctx = RunContext.create(run_dir, spec, overwrite=overwrite)
+    ctx.save_split(splits)
+    if user_teacher is not None:
+        ctx.teacher = user_teacher
+    log.info("run dir %s (target %s, data %s)", run_dir, target_spec.name, data or splits.source)
+    return ctx
+
+
+def resume_run(run_dir: str | Path, *, train_device: str | None = None) -> RunContext:
+    """A run dir as it was left; only where training runs may change between sessions."""
+    ctx = RunContext.load(Path(run_dir))
+    if train_device is not None:
+        check_device_name(train_device)
+        ctx.spec.train_device = train_device
+    done = ", ".join(ctx.state.completed) or "none"
+    log.info("resuming %s (stages done: %s)", ctx.run_dir, done)
+    return ctx
+
+
+def check_inputs(*, data: Any, teacher: Any, budget_ms: float | None, train_device: str | None,
+                 teacher_arch: str | None) -> None:
+    """Fail before any work on inputs that cannot be right."""
+    if isinstance(data, (str, Path)) and not Path(data).exists():
+        raise UserError(f"dataset path '{data}' does not exist")
+    if isinstance(teacher, (str, Path)) and not Path(teacher).is_file():
+        raise UserError(f"teacher checkpoint '{teacher}' does not exist")
+    if budget_ms is not None and not (math.isfinite(budget_ms) and budget_ms > 0):
+        raise UserError(f"--budget-ms must be a positive number of milliseconds, got {budget_ms}")
+    if train_device is not None:
+        check_device_name(train_device)
+    if teacher_arch is not None and not is_hub_name(teacher_arch):
+        resolve_arch(teacher_arch)
+
+
+def _check_distill(settings) -> None:
+    """Distill settings that name files: checked now, and made absolute so that a resumed run
+    finds them from any directory."""
+    from edgekd.data.calibration import read_manifest
+    from edgekd.distill.student_init import check_init
+
+    if settings.init not in ("random", "teacher"):
+        settings.init = str(Path(settings.init).expanduser().resolve())
+    check_init(settings.init)
+    if settings.calibration:
+        settings.calibration = str(Path(settings.calibration).expanduser().resolve())
+        read_manifest(settings.calibration)  # missing or malformed manifest: a UserError now
+
+
+def _check_target_tools(target) -> None:
+    """The target's runtime and quantizer import (else: the pip extra to install), and a target
+    that cannot be measured here has the peak figures its predicted latency needs."""
+    from edgekd.backends import get_backend
+    from edgekd.latency.predicted import check_predictable
+    from edgekd.quantizers import get_quantizer
+
+    get_backend(target.backend)
+    if target.precision == "int8":
+        get_quantizer(target.quantizer)
+    check_predictable(target)
+
+
+def _take_teacher_file_facts(spec: RunSpec, recipe) -> tuple[int | None, ...] | None:
+    """What the teacher file records: its input size (for data of mixed sizes), and the class
+    order and normalisation from its edgekd.json where the user gave none."""
+    metadata, shape = teacher_file_facts(spec.teacher)
+    if shape is not None and shape[1] is not None and shape[1] == shape[2]:
+        spec.teacher_input_size = shape[1]
+    settings = recipe.data
+    for key in ("classes", "mean", "std"):
+        if getattr(settings, key) is None and metadata.get(key) is not None:
+            setattr(settings, key, metadata[key])
+            log.info("data.%s from the teacher file's metadata: %s", key, metadata[key])
+    check_data(settings)
+    spec.recipe = to_dict(recipe)
+    return shape
+
+
+def _check_expected_shape(path: str | None, expected: tuple[int | None, ...] | None,
+                          data_shape: tuple[int, ...]) -> None:
+    """A teacher exported for fixed input sizes must get images of that size."""
+    if expected is None:
+        return
+    c, h, w = expected
+    if (h is not None and h != data_shape[1]) or (w is not None and w != data_shape[2]):
+        raise UserError(f"teacher '{path}' was exported for {h}x{w} inputs, but the data gives "
+                        f"{data_shape[1]}x{data_shape[2]}; resize the images with --image-size {h}")
+    if c is not None and c != data_shape[0]:
+        raise UserError(f"teacher '{path}' takes {c}-channel images, but the data has {data_shape[0]} channel(s); "
+                        f"convert them with --channels {c} (recipe: data.channels)")
+
+
+def _abs(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path is not None else None
