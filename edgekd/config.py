@@ -181,6 +181,9 @@ class DistillConfig:
     dkd_alpha: float = at_least(0, default=1.0)  # dkd: weight of TCKD (target-class KD)
     dkd_beta: float = at_least(0, default=8.0)  # dkd: weight of NCKD (non-target-class KD)
     patience: int = at_least(1, default=8)
+    # Training steps per epoch at most (null: the whole training split): epochs of a very large
+    # dataset, each a new random subset, so early stopping and QAT come round in hours, not days.
+    max_steps_per_epoch: int | None = at_least(1, default=None)
     calibration_samples: int = at_least(1, default=300)
     # Feature KD added to the logit loss (edgekd/distill/feature_losses.py): null (none), "fitnets"
     # (FitNets: 1x1 conv regressors, MSE), "at" (attention transfer) or "nd" (ND loss, on the

@@ -81,7 +81,8 @@ def run(ctx: RunContext) -> DistillResult:
         fp32 = fit(student, data.train, data.val, kd_loss, epochs=settings.epochs, lr=settings.lr,
                    batch_size=settings.batch_size, patience=settings.patience, seed=ctx.spec.seed,
                    weight_decay=settings.weight_decay, desc="distill fp32", extra_modules=extra,
-                   augment=teacher_outputs.inputs, device=device)
+                   augment=teacher_outputs.inputs, device=device,
+                   max_steps_per_epoch=settings.max_steps_per_epoch)
     teacher.model.to("cpu")  # a feature loss moved it to the training device
     save_torch(student.state_dict(), out_dir / FP32_CHECKPOINT)
     result = DistillResult(
@@ -105,7 +106,8 @@ def run(ctx: RunContext) -> DistillResult:
                 qat = fit(int8_model, data.train, data.val, kd_loss, epochs=settings.qat_epochs, lr=settings.qat_lr,
                           batch_size=settings.batch_size, patience=settings.patience, seed=ctx.spec.seed,
                           weight_decay=settings.weight_decay, desc="distill int8 (QAT)", extra_modules=extra,
-                          augment=teacher_outputs.inputs, device=qat_device)
+                          augment=teacher_outputs.inputs, device=qat_device,
+                          max_steps_per_epoch=settings.max_steps_per_epoch)
             teacher.model.to("cpu")
             result.int8_val_accuracy, result.int8_epochs, result.int8_history = (
                 qat.best_val_accuracy, qat.epochs_run, qat.history)

@@ -60,6 +60,7 @@ def fit(
     extra_modules: Sequence[nn.Module] = (),
     augment: AugmentFn | None = None,
     device: TrainDevice = CPU,
+    max_steps_per_epoch: int | None = None,
 ) -> FitResult:
     """AdamW with cosine decay; stops after `patience` epochs without a better val accuracy and
     leaves the model holding its best weights, on the CPU. `extra_modules` are trained in the same
@@ -82,8 +83,13 @@ def fit(
             module.train()
         total_loss, batches = 0.0, 0
         steps = (len(train) + batch_size - 1) // batch_size
-        for images, labels, index in progress(train.batches(batch_size, shuffle=True, generator=generator),
-                                              desc=f"{desc} epoch {epoch}/{epochs}", total=steps):
+        if max_steps_per_epoch is not None:
+            steps = min(steps, max_steps_per_epoch)
+        for step, (images, labels, index) in enumerate(progress(
+                train.batches(batch_size, shuffle=True, generator=generator), desc=f"{desc} epoch {epoch}/{epochs}",
+                total=steps)):
+            if step >= steps:
+                break  # a capped epoch: each epoch still draws a new random subset
             interrupt.check()
             if len(index) < 2:  # BatchNorm cannot train on a batch of one
                 continue
