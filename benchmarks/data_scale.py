@@ -55,7 +55,8 @@ def _write(job) -> None:
 
     path, pixels, index = job
     gray = Image.fromarray(pixels).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
-    rgb = (np.asarray(gray, dtype=np.float32)[..., None] * TINTS[index % len(TINTS)]).clip(0, 255)
+    tint = TINTS[(index + index // 70_000) % len(TINTS)]
+    rgb = (np.asarray(gray, dtype=np.float32)[..., None] * tint).clip(0, 255)
     Image.fromarray(rgb.astype(np.uint8)).save(path, quality=90)
 
 
@@ -88,7 +89,12 @@ def make_folder(count: int, layout: dict[str, int] | None = None) -> Path:
     data = idx.read_idx_folder(idx.find_idx_files(FASHION))
     jobs = []
     if layout is None:
-        parts = {"": (data.train_images[:count], data.train_labels[:count], 0)}
+        # 70,000 distinct images (train + test files); past that they repeat with another tint, so
+        # every file is still a distinct image to decode.
+        images = np.concatenate([data.train_images, data.test_images])
+        labels = np.concatenate([data.train_labels, data.test_labels])
+        repeat = np.arange(count) % len(images)
+        parts = {"": (images[repeat], labels[repeat], 0)}
     else:
         train_n, val_n = layout["train"], layout["val"]
         parts = {"train/": (data.train_images[:train_n], data.train_labels[:train_n], 0),

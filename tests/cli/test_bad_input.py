@@ -232,3 +232,35 @@ def test_a_budget_far_below_any_student_says_so_in_readable_ms(tmp_path, capsys)
                         "--budget-ms", "0.000001")
     line = error_line(err)
     assert code == 2 and "no candidate meets the budget of 1e-06 ms" in line and "0.0000 ms" not in line
+
+
+def test_cuda_training_asked_on_a_machine_without_cuda(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: --train-device cuda is valid here")
+    code, err = run_cli(capsys, "compress", "--train-device", "cuda", "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and "--train-device cuda: torch sees no CUDA GPU here" in error_line(err)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mean", "0.5,0.5", "--std", "0.5,0.5"], "data.mean and data.std need one value per channel (1 or 3 each), got 2"),
+    (["--mean", "imagenet"], "data.mean and data.std go together"),
+    (["--mean", "imagenet", "--std", "imagenet"], "give 1 (or one for all), or convert the images with --channels 3"),
+    (["--mean", "half", "--std", "0.5"], "--mean must be 'imagenet' or comma-separated numbers"),
+])
+def test_a_normalisation_that_does_not_fit_the_data(tmp_path, capsys, argv, message):
+    code, err = run_cli(capsys, "compress", *argv, "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and message in error_line(err)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_folder_of_mixed_sizes_without_an_image_size_lists_them(tmp_path, capsys):
+    root = tmp_path / "mixed"
+    for name, size in (("a", (16, 16)), ("b", (20, 12))):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", size, (i * 30, 50, 90)).save(root / name / f"{i}.png")
+    code, err = run_cli(capsys, "compress", "--data", str(root), "--runs-dir", str(tmp_path / "runs"))
+    line = error_line(err)
+    assert code == 2 and "16x16 (4)" in line and "20x12 (4)" in line and "--image-size" in line
+    assert not (tmp_path / "runs").exists()
