@@ -15,7 +15,7 @@ from edgekd.models import resolve_arch
 from edgekd.run import RunContext, RunSpec, check_new_run_dir, default_run_name
 from edgekd.search.space import check_space
 from edgekd.search.stage import check_search_methods
-from edgekd.target import load_target
+from edgekd.target import load_target, set_runners
 from edgekd.teacher.resolve import load_user_teacher
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,7 @@ def open_run(args: argparse.Namespace, *, command: str) -> RunContext:
         return _resume(args)
     target = load_target(args.target or "x86-cpu")
     if args.device:
-        from edgekd.remote import parse_ssh_url
-
-        parse_ssh_url(args.device)  # a malformed URL fails now, before any work
-        target.runner = args.device
+        set_runners(target, args.device)  # a malformed URL fails now, before any work
     recipe = load_recipe(args.recipe, args.overrides, bench_defaults=target.bench)
     _check_inputs(args)
     # Typos in the recipe should fail now, not after minutes of teacher training and search.
@@ -43,10 +40,11 @@ def open_run(args: argparse.Namespace, *, command: str) -> RunContext:
     make_kd_loss(recipe.distill.loss, recipe.distill)
     _check_distill(recipe.distill)
     _check_target_tools(target)
+    storage = _check_storage(args.storage, recipe.search)
     spec = RunSpec(
         target=to_dict(target), recipe=to_dict(recipe), data=_abs(args.data), teacher=_abs(args.teacher),
         teacher_arch=args.teacher_arch, trust_pickle=bool(args.trust_pickle), budget_ms=args.budget_ms,
-        storage=args.storage,
+        storage=storage,
         seed=args.seed if args.seed is not None else 0,
         image_size=args.image_size if args.image_size is not None else 32, command=command,
     )
@@ -80,6 +78,8 @@ def _resume(args: argparse.Namespace) -> RunContext:
             "(or start a new run without --resume)"
         )
     ctx = RunContext.load(Path(args.resume))
+    if ctx.spec.storage and (args.command == "search" or "search" not in ctx.state.completed):
+        _check_storage(ctx.spec.storage, ctx.recipe.search)  # the shared study must still answer
     done = ", ".join(ctx.state.completed) or "none"
     log.info("resuming %s (stages done: %s)", ctx.run_dir, done)
     return ctx
@@ -112,6 +112,20 @@ def _check_target_tools(target) -> None:
     if target.precision == "int8":
         get_quantizer(target.quantizer)
     check_predictable(target)
+
+
+def _check_storage(url: str | None, settings) -> str | None:
+    """A --storage URL that cannot hold the search study (bad URL, missing driver, a database that
+    does not answer) fails now, in one line; returned as the run records it (a journal's path made
+    absolute)."""
+    if settings.heartbeat_s < 1 or settings.wait_s < 0:
+        raise UserError("search.heartbeat_s must be >= 1 and search.wait_s >= 0")
+    if url is None:
+        return None
+    from edgekd.search.storage import check_storage, normalized_url
+
+    check_storage(url)
+    return normalized_url(url)
 
 
 def _check_inputs(args: argparse.Namespace) -> None:

@@ -126,6 +126,7 @@ def teacher_derived_records(ctx: RunContext) -> list[dict[str, Any]]:
 
 
 def study_url(ctx: RunContext) -> str:
+    """--storage (a journal file or a database that several workers share), else SQLite in the run dir."""
     if ctx.spec.storage:
         return ctx.spec.storage
     return f"sqlite:///{(ctx.stage_dir('search') / 'study.db').resolve()}"
@@ -133,9 +134,11 @@ def study_url(ctx: RunContext) -> str:
 
 def study_name(ctx: RunContext) -> str:
     """Workers that search the same space for the same target and data share a study name, so
-    one --storage URL holds their common study."""
+    one --storage URL holds their common study. How a worker runs (heartbeat, wait) is left out:
+    it does not change what the study computes."""
+    search = {k: v for k, v in ctx.recipe.search.__dict__.items() if k not in engine.WORKER_SETTINGS}
     key = json.dumps([ctx.target.name, ctx.spec.data, ctx.spec.teacher, ctx.spec.seed,
-                      ctx.recipe.search.__dict__], sort_keys=True, default=str)
+                      search], sort_keys=True, default=str)
     return "edgekd-search-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -261,11 +264,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
                         "(it is neither a built-in architecture (--teacher-arch) nor a module that can be traced "
                         "and pruned; the warning above says why); add 'resnet' or 'mobilenet' to search.families")
     url = study_url(ctx)
-    study = engine.open_study(url, study_name(ctx), seed=ctx.spec.seed, population=settings.population)
-    if not ctx.spec.storage:
-        stale = engine.fail_stale_trials(study)
-        if stale:
-            log.info("search: %d trial(s) interrupted by the last kill were marked failed", stale)
+    study = engine.open_study(url, study_name(ctx), seed=ctx.spec.seed, population=settings.population,
+                              shared=bool(ctx.spec.storage), worker=ctx.run_dir.name,
+                              heartbeat_s=settings.heartbeat_s, wait_s=settings.wait_s)
+    stale = engine.fail_stale_trials(study)
+    if stale:
+        log.info("search: %d trial(s) interrupted by a kill were marked failed", stale)
     evaluator = Evaluator(ctx, derived)
     evaluations = engine.run_trials(
         study, trials=settings.trials, evaluate=evaluator, limit_ms=limit_ms,
