@@ -144,7 +144,9 @@ def run_trials(
     limit_ms: float,
 ) -> list[Evaluation]:
     """Run trials until the study holds `trials` finished ones (counting every worker's), then wait
-    up to `study.wait_s` for trials other workers are still running; the study's evaluations.
+    up to `study.wait_s` for trials other workers are still running, so that every worker reads
+    the same front; the study's evaluations. Two workers that ask for the last trial at the same
+    instant both run it: a study may end with a few more trials than asked, never fewer.
     An architecture already evaluated is not evaluated again (the sampler often proposes one twice)."""
     from tqdm import tqdm
 
@@ -155,7 +157,7 @@ def run_trials(
     waiting_since = None
     logged = complete
     with tqdm(total=trials, initial=min(complete, trials), desc="search", disable=None, leave=False) as bar:
-        while complete < trials:
+        while complete < trials or running:
             interrupt.check()
             if complete + running < trials:
                 waiting_since = None
@@ -163,8 +165,8 @@ def run_trials(
             else:
                 if waiting_since is None:
                     waiting_since = time.monotonic()
-                    log.info("search: the study has its trials; waiting up to %.0f s (search.wait_s) for %d "
-                             "trial(s) other workers are running", study.wait_s, running)
+                    log.info("search: the study has %d of %d trials; waiting up to %.0f s (search.wait_s) for %d "
+                             "trial(s) other workers are running", complete, trials, study.wait_s, running)
                 if not _wait_for_others(study, running, waiting_since):
                     break
             if study.shared:

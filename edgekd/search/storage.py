@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -138,8 +139,9 @@ def open_storage(url: str, *, heartbeat_s: int | None):
     if kind == "journal":
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+        path = journal_path(url)
         try:
-            return JournalStorage(JournalFileBackend(str(journal_path(url))))
+            return JournalStorage(JournalFileBackend(str(path), lock_obj=FlockJournalLock(path)))
         except (ValueError, OSError) as exc:  # a file that is not an Optuna journal
             raise UserError(f"cannot open the search study storage {url}: {first_line(exc)}; "
                             "it is not an Optuna journal, or it is damaged") from None
@@ -187,3 +189,26 @@ def _sqlite_storage(url: str):
 
     storage.engine.dispose()  # connections made before the listener existed would lack the pragmas
     return storage
+
+
+class FlockJournalLock:
+    """The journal's write lock as an flock(2) on `<journal>.flock`. Optuna's own file locks (a
+    symlink or an O_EXCL file, made for NFSv2/v3) outlive a killed writer and are broken only
+    after a 30 s grace period, stalling every other worker; the kernel drops an flock the moment
+    its process dies. Linux maps flock onto NFS byte-range locks, so a shared disk works too."""
+
+    def __init__(self, journal: Path):
+        self.path = Path(f"{journal}.flock")
+        self._fd = -1
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return True
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = -1
