@@ -70,17 +70,35 @@ class SshServer:
         return SshRunner(self.url, **{**settings, **options})
 
     def stop(self) -> None:
-        """Stop sshd and the connections it serves (its process group: sshd -D stays the leader)."""
+        """Stop sshd and every connection it serves, as a device that goes down would: sshd starts
+        each connection in a session of its own (setsid), so its descendants are found by parent
+        id and ended one by one, deepest first."""
         if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            for pid in [*reversed(descendants(self.proc.pid)), self.proc.pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.proc.wait()
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` (Linux /proc), parents before their children."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'
+            text = stat.read_text()
+        except OSError:  # it ended meanwhile
+            continue
+        ppid = int(text.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, queue = [], list(children.get(pid, []))
+    while queue:
+        child = queue.pop(0)
+        found.append(child)
+        queue.extend(children.get(child, []))
+    return found
 
 
 def make_client_key(root: Path) -> Path:
@@ -109,9 +127,8 @@ def start_sshd(root: Path, client_key: Path | None = None) -> SshServer:
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
     log_path = root / "sshd.log"
     with open(log_path, "wb") as log_file:
-        # Its own process group, so that stop() also ends the connections it is serving.
         proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, proc, log_path, banner=b"SSH-")
     except BaseException:

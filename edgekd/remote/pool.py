@@ -6,8 +6,8 @@ clocks), so a device is held for the whole job. The hold is a lock file per devi
 workers, a bench beside them) queues on the same files, and the kernel drops the lock when a
 process dies, so a killed run never leaves a device taken.
 
-Among free devices the job goes to the one whose last job started longest ago (the lock file's
-modification time), so jobs alternate between devices, also across processes. A device that fails
+Among free devices the job goes to the one whose last job started longest ago (written in its
+lock file), so jobs alternate between devices, also across processes. A device that fails
 (unreachable, or its connection drops mid-job: `DeviceUnreachable`) has the job moved to another
 device; the failure is logged, returned with the result, and the device is passed over for
 `rest_s` by later jobs of this process. A job that fails for any other reason (a broken artifact)
@@ -69,7 +69,10 @@ class DeviceLock:
         except BlockingIOError:
             os.close(fd)
             return None
-        os.utime(fd)  # "last job started now": the pool's order for the next choice
+        # "Last job started now", in ns: the pool's order for the next choice (a file's mtime
+        # ticks too coarsely for jobs that follow each other within milliseconds).
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(time.time_ns()).encode(), 0)
         return cls(device, path, fd)
 
     def release(self) -> None:
@@ -78,11 +81,12 @@ class DeviceLock:
             self._fd = -1
 
 
-def last_started(device: str, directory: Path | None = None) -> float:
+def last_started(device: str, directory: Path | None = None) -> int:
+    """When the device's last job started (ns since the epoch); 0 if it never had one."""
     try:
-        return lock_path(device, directory).stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
+        return int(lock_path(device, directory).read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
 
 
 class DevicePool:
