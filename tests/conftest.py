@@ -56,31 +56,38 @@ def postgres():
     server.stop()
 
 
-# What a skip needs, by a word of its reason, and how to get it: repeated at the end of the run,
-# because a newcomer's `make test` should say what it did not test, not hide it among the dots.
+# What a skip needs, by a word of its reason: repeated as the run's very last lines, because a
+# newcomer's `make test` should say what it did not test, not hide it among the dots.
 SERVER_SKIPS = {
-    "openssh-server": "sshd (remote runner, device pool)",
-    "PostgreSQL": "PostgreSQL (search workers sharing a study)",
+    "openssh-server": "sshd",
+    "PostgreSQL": "a PostgreSQL server",
     "psycopg": "the PostgreSQL driver",
-    "chromium": "headless Chromium (HTML report)",
-    "Fashion-MNIST": "the real Fashion-MNIST files (dataset-fashion-mnist)",
+    "chromium": "headless Chromium",
+    "Fashion-MNIST": "the Fashion-MNIST files",
 }
+_SKIP_LINES = pytest.StashKey[list]()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     counts: dict[str, int] = {}
-    hows: dict[str, str] = {}
+    reasons: dict[str, str] = {}
     for report in terminalreporter.stats.get("skipped", []):
         reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
         reason = reason.removeprefix("Skipped: ")
-        for word, what in SERVER_SKIPS.items():
-            if word.lower() in reason.lower():
-                counts[what] = counts.get(what, 0) + 1
-                hows.setdefault(what, reason)
-                break
-    if not counts:
-        return
-    terminalreporter.section("tests skipped for want of a server, browser or dataset")
-    for what, count in counts.items():
-        terminalreporter.write_line(f"{count} skipped: no {what}: {hows[what]}")
-    terminalreporter.write_line("to run them: sudo .ci/install-test-deps (Debian/Ubuntu), then make test again")
+        what = next((what for word, what in SERVER_SKIPS.items() if word.lower() in reason.lower()), None)
+        if what is not None:
+            counts[what] = counts.get(what, 0) + 1
+            reasons.setdefault(what, reason)
+    config.stash[_SKIP_LINES] = [f"{count} test(s) skipped for want of {what}: {reasons[what]}"
+                                 for what, count in counts.items()]
+
+
+def pytest_unconfigure(config):
+    """After pytest's own last line ("N passed, M skipped in ..."), where it cannot be missed."""
+    lines = config.stash.get(_SKIP_LINES, [])
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if lines and reporter is not None:
+        for line in lines:
+            reporter.write_line(line, yellow=True)
+        reporter.write_line("to run them: sudo .ci/install-test-deps (Debian/Ubuntu), then make test again", yellow=True)
+

@@ -9,6 +9,7 @@ venv as each device's Python.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import subprocess
 import sys
@@ -22,7 +23,12 @@ import servers
 import torch
 
 from edgekd.errors import UserError
-from edgekd.remote import DevicePool, DeviceUnreachable, RemoteLatencyStats, benchmark_on_target
+from edgekd.remote import (
+    DevicePool,
+    DeviceUnreachable,
+    RemoteLatencyStats,
+    benchmark_on_target,
+)
 from edgekd.remote.pool import DeviceLock
 from edgekd.target import Target, load_target, set_runners
 
@@ -74,7 +80,7 @@ def test_one_job_per_device_at_a_time_across_processes(tmp_path):
                               env=_env()) for _ in range(2)]
     spans = sorted(json.loads(proc.communicate(timeout=60)[0]) for proc in procs)
     assert all(proc.returncode == 0 for proc in procs)
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, spans
 
 
