@@ -43,6 +43,20 @@ def sshd(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def device_python(tmp_path_factory) -> str:
+    """The "device's" interpreter for SSH tests: this venv's Python, importing this checkout's
+    edgekd (an ssh session does not pass PYTHONPATH on, and the venv may hold another copy)."""
+    import sys
+    from pathlib import Path
+
+    wrapper = tmp_path_factory.mktemp("device") / "python"
+    root = Path(__file__).resolve().parent.parent
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{root}" exec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+@pytest.fixture(scope="session")
 def postgres():
     """One PostgreSQL server for the whole session; `postgres.new_database()` gives each test its own."""
     import servers

@@ -92,7 +92,8 @@ def open_study(url: str, study_name: str, *, seed: int, population: int = 16, sh
                         "use journal:///path/study.log (one machine) or postgresql://... (docs/scale-out.md)", url)
     sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     try:
-        storage = open_storage(url, heartbeat_s=heartbeat_s if shared and kind == "rdb" else None)
+        # The run dir's own SQLite file needs no heartbeat: its one owner fails stale trials on open.
+        storage = open_storage(url, heartbeat_s=heartbeat_s if shared and kind != "journal" else None)
         study = optuna.create_study(
             study_name=study_name, storage=storage, directions=list(DIRECTIONS), sampler=sampler,
             load_if_exists=True,

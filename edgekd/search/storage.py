@@ -146,7 +146,7 @@ def open_storage(url: str, *, heartbeat_s: int | None):
             raise UserError(f"cannot open the search study storage {url}: {first_line(exc)}; "
                             "it is not an Optuna journal, or it is damaged") from None
     if kind == "sqlite":
-        return _sqlite_storage(url)
+        return _sqlite_storage(url, heartbeat_s)
     import sqlalchemy.exc
 
     parsed = _sqlalchemy_url(url)
@@ -171,14 +171,18 @@ def open_storage(url: str, *, heartbeat_s: int | None):
     raise AssertionError("unreachable")
 
 
-def _sqlite_storage(url: str):
+def _sqlite_storage(url: str, heartbeat_s: int | None):
     """SQLite with a write-ahead log and no fsync per commit: Optuna commits several times per
     trial, and on a busy disk the default (fsync each time) cost more than scoring the trial.
     A crash can lose the last trials, never corrupt the file; a kill loses nothing."""
     import optuna
     import sqlalchemy
 
-    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            url, engine_kwargs={"connect_args": {"timeout": 60}}, heartbeat_interval=heartbeat_s,
+            grace_period=None if heartbeat_s is None else 3 * heartbeat_s)
 
     @sqlalchemy.event.listens_for(storage.engine, "connect")
     def _pragmas(connection, _record):

@@ -83,7 +83,7 @@ def fail_dead_trials(study, storage_kind: str, *, liveness: WorkerLiveness | Non
     from optuna.trial import TrialState
 
     failed = []
-    if storage_kind == "rdb":
+    if storage_kind != "journal":  # a database with the heartbeat on (else Optuna does nothing here)
         running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         with warnings.catch_warnings():  # "experimental" since Optuna 2.9; it is what the heartbeat is for
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -172,31 +172,32 @@ def _pool_target(devices) -> Target:
     return target
 
 
-def _measure(target, ir, known_hosts, identity, runs=5) -> RemoteLatencyStats:
-    return benchmark_on_target(target, ir, "openvino", warmup=1, runs=runs, threads=1, python=sys.executable,
+def _measure(target, ir, known_hosts, identity, python, runs=5) -> RemoteLatencyStats:
+    return benchmark_on_target(target, ir, "openvino", warmup=1, runs=runs, threads=1, python=python,
                                known_hosts=known_hosts, identity=identity)
 
 
-def test_measurements_alternate_between_two_devices_and_name_theirs(two_devices, tiny_ir, tmp_path):
+def test_measurements_alternate_between_two_devices_and_name_theirs(two_devices, tiny_ir, device_python, tmp_path):
     a, b = two_devices
     known_hosts = servers.joint_known_hosts(two_devices, tmp_path / "known_hosts")
     target = _pool_target(two_devices)
-    results = [_measure(target, tiny_ir, known_hosts, a.identity) for _ in range(4)]
+    results = [_measure(target, tiny_ir, known_hosts, a.identity, device_python) for _ in range(4)]
     assert [stats.host for stats in results] == [a.url, b.url, a.url, b.url]
     for stats in results:
         assert stats.conditions()["host"] == stats.host and stats.p50_ms > 0 and not stats.failed_devices
 
 
-def test_a_device_stopped_mid_job_has_the_job_moved_and_both_named(two_devices, tiny_ir, tmp_path, caplog):
+def test_a_device_stopped_mid_job_has_the_job_moved_and_both_named(two_devices, tiny_ir, device_python, tmp_path,
+                                                                  caplog):
     a, b = two_devices
     known_hosts = servers.joint_known_hosts(two_devices, tmp_path / "known_hosts")
     target = _pool_target(two_devices)
-    assert _measure(target, tiny_ir, known_hosts, a.identity).host == a.url  # so the next job is b's
+    assert _measure(target, tiny_ir, known_hosts, a.identity, device_python).host == a.url  # so the next job is b's
 
     outcome = {}
     sessions_before = _sessions(b)
     job = threading.Thread(target=lambda: outcome.update(
-        stats=_measure(target, tiny_ir, known_hosts, a.identity, runs=50_000)))
+        stats=_measure(target, tiny_ir, known_hosts, a.identity, device_python, runs=50_000)))
     job.start()
     # b's third connection is the benchmark itself (after mktemp and the copy): stop b during it.
     deadline = time.monotonic() + 60
@@ -214,7 +215,7 @@ def test_a_device_stopped_mid_job_has_the_job_moved_and_both_named(two_devices, 
     assert stats.runs == 50_000 and stats.p50_ms > 0
     assert f"device {b.url} failed" in caplog.text
     # While b rests, jobs go to a.
-    assert _measure(target, tiny_ir, known_hosts, a.identity).host == a.url
+    assert _measure(target, tiny_ir, known_hosts, a.identity, device_python).host == a.url
 
 
 def _sessions(server) -> int:

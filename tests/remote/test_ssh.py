@@ -12,7 +12,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -122,22 +121,22 @@ def test_bench_entry_bad_arguments_print_one_json_error(capfd):
 # --- against the real sshd -----------------------------------------------------------------------
 
 
-def test_remote_benchmark_of_tiny_openvino_model(sshd, plain_ir):
+def test_remote_benchmark_of_tiny_openvino_model(sshd, plain_ir, device_python):
     stats = remote_benchmark(sshd.runner(), plain_ir, "openvino", warmup=2, runs=7, threads=1, batch=2,
-                             python=sys.executable)
+                             python=device_python)
     assert isinstance(stats, RemoteLatencyStats)
     _assert_sane(stats, runs=7, warmup=2, batch=2)
     assert stats.host == sshd.url and stats.to_dict()["host"] == sshd.url
     assert stats.runtime.startswith("openvino ") and stats.device and stats.date
 
 
-def test_benchmark_on_target_with_hostile_names(sshd, tmp_path):
+def test_benchmark_on_target_with_hostile_names(sshd, tmp_path, device_python):
     ir = _export_ir(tmp_path / HOSTILE_DIR / INJECTION_NAME)
     assert ir.with_suffix(".bin").exists()
     target = Target(name="tiny", description="", backend="openvino", device="CPU",
                     precisions=["fp32"], precision="fp32", quantizer="nncf", runner=sshd.url)
     stats = benchmark_on_target(target, ir, "openvino", warmup=1, runs=5, threads=1,
-                                python=sys.executable, known_hosts=sshd.known_hosts,
+                                python=device_python, known_hosts=sshd.known_hosts,
                                 identity=sshd.identity)
     _assert_sane(stats, runs=5, warmup=1, batch=1)
     assert stats.host == sshd.url
@@ -172,12 +171,12 @@ def test_hostile_names_survive_put_and_get(sshd, tmp_path):
     assert runner.run(["test", "-e", job]).returncode == 1, "the job directory was not removed"
 
 
-def test_failed_benchmark_is_reported_and_not_retried(sshd, tmp_path, caplog):
+def test_failed_benchmark_is_reported_and_not_retried(sshd, tmp_path, caplog, device_python):
     garbage = tmp_path / "broken.xml"
     garbage.write_text("<not an IR")
     with caplog.at_level(logging.WARNING), pytest.raises(UserError, match=r"benchmark on ssh://.* failed: "):
         remote_benchmark(sshd.runner(), garbage, "openvino", warmup=1, runs=2, threads=1,
-                         python=sys.executable)
+                         python=device_python)
     assert not [r for r in caplog.records if "attempt" in r.getMessage()]
 
 
