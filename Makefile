@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml requirements-cpu.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
 	$(PY) -m pip install --quiet -r requirements-cpu.txt
-	$(PY) -m pip install --quiet -e '.[openvino,dev]'
+	$(PY) -m pip install --quiet -e '.[openvino,postgres,dev]'
 	@echo "building NNCF's C++ extension (once, ~1 min)"
 	NNCF_EXTENSION_LOAD_TIMEOUT=900 $(PY) -c "import nncf.torch.quantization.extensions, nncf.torch; nncf.torch.force_build_cpu_extensions()"
 	touch $@
@@ -35,7 +35,10 @@ compress: setup
 $(TARGETS): setup
 	$(VENV)/bin/edgekd compress --target $@ $(ARGS)
 
+# Best effort (root, apt-get, online): sshd, PostgreSQL, Chromium and Fashion-MNIST, so that their
+# tests run instead of skipping; pytest's last lines say what was skipped and how to enable it.
 test: setup
+	.ci/install-test-deps
 	$(PY) -m pytest -q $(ARGS)
 
 test-slow: setup

@@ -90,9 +90,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                       help="allow loading a fully pickled model (runs code from the file; only for sources you trust)")
     what.add_argument("--budget-ms", type=float, help="latency budget: batch-1 p50 in ms on the target "
                       "(default: the teacher's measured latency / 2.5)")
-    what.add_argument("--device", metavar="ssh://USER@HOST[:PORT]",
+    what.add_argument("--device", metavar="ssh://USER@HOST[:PORT]", action="append",
                       help="measure latency on this device over SSH instead of the target's runner "
-                      "(the device needs python3 with edgekd and the backend installed; see targets/README.md)")
+                      "(the device needs python3 with edgekd and the backend installed; see targets/README.md); "
+                      "repeat it for a pool of devices: each measurement goes to a free one (docs/scale-out.md)")
     what.add_argument("--storage", metavar="URL",
                       help="database URL of the search's Optuna study (e.g. postgresql://host/db, so that many "
                       "workers share one study); default: SQLite inside the run dir")

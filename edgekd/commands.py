@@ -33,7 +33,7 @@ def open_run(args: argparse.Namespace, *, command: str) -> RunContext:
                 f"--resume continues a run with the options it was started with; drop {', '.join(given)} "
                 "(or start a new run without --resume)"
             )
-        return resume_run(args.resume, train_device=args.train_device)
+        return resume_run(args.resume, train_device=args.train_device, search_runs=args.command == "search")
     if args.image_size is not None and not 4 <= args.image_size <= 1024:
         raise UserError(f"--image-size must be between 4 and 1024, got {args.image_size}")
     return new_run(

@@ -161,6 +161,12 @@ class SearchConfig:
     default_speedup: float = above(0, default=2.5)
     warmup: int = at_least(0, default=20)
     runs: int = at_least(1, default=100)
+    # Workers sharing a study (--storage, docs/scale-out.md): a running trial records a heartbeat
+    # every heartbeat_s seconds in a database storage, and one silent for 3 x heartbeat_s is taken
+    # for a dead worker's and failed (then replaced). When the study has its trials, a worker waits
+    # up to wait_s seconds for other workers' running trials before it reads the front.
+    heartbeat_s: int = at_least(1, default=10)
+    wait_s: float = at_least(0, default=600.0)
 
 
 @dataclass

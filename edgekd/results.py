@@ -147,6 +147,8 @@ class ModelBench:
     # What the runtime says beyond the percentiles (edgekd/bench/profile.py): per-layer time and
     # precision, first-load time, peak memory; or why it is not measured
     profile: dict[str, Any] | None = None
+    # Measured on a device over SSH: that device's CPU, runtime, host and any devices that failed first
+    device_conditions: dict[str, Any] | None = None
 
 
 @dataclass

@@ -23,7 +23,7 @@ from edgekd.run import (
     default_run_name,
 )
 from edgekd.search.space import check_space, for_input
-from edgekd.target import load_target
+from edgekd.target import load_target, set_runners
 from edgekd.teacher.hub import is_hub_name
 from edgekd.teacher.loading import teacher_file_facts
 from edgekd.teacher.resolve import check_teacher_accuracy, load_user_teacher
@@ -42,7 +42,7 @@ def new_run(
     allow_weak_teacher: bool = False,
     budget_ms: float | None = None,
     storage: str | None = None,
-    device: str | None = None,
+    device: str | list[str] | None = None,
     seed: int = 0,
     recipe: str | None = None,
     overrides: list[str] = (),
@@ -57,10 +57,7 @@ def new_run(
     splits already (the Python API with a torch Dataset)."""
     target_spec = load_target(target or "x86-cpu")
     if device:
-        from edgekd.remote import parse_ssh_url
-
-        parse_ssh_url(device)  # a malformed URL fails now, before any work
-        target_spec.runner = device
+        set_runners(target_spec, [device] if isinstance(device, str) else list(device))  # malformed: fails now
     check_inputs(data=data, teacher=teacher, budget_ms=budget_ms, train_device=train_device, teacher_arch=teacher_arch)
     settings = load_recipe(recipe, list(overrides), bench_defaults=target_spec.bench)
     # Typos in the recipe should fail now, not after minutes of teacher training and search.
@@ -69,6 +66,7 @@ def new_run(
     make_kd_loss(settings.distill.loss, settings.distill)
     _check_distill(settings.distill)
     _check_target_tools(target_spec)
+    storage = check_study_storage(storage)
     spec = RunSpec(
         target=to_dict(target_spec), recipe=to_dict(settings),
         data=f"{PYTHON_DATA}{loaded_data.name}" if loaded_data is not None else _abs(data), teacher=_abs(teacher),
@@ -103,15 +101,30 @@ def new_run(
     return ctx
 
 
-def resume_run(run_dir: str | Path, *, train_device: str | None = None) -> RunContext:
-    """A run dir as it was left; only where training runs may change between sessions."""
+def resume_run(run_dir: str | Path, *, train_device: str | None = None, search_runs: bool = False) -> RunContext:
+    """A run dir as it was left; only where training runs may change between sessions. When the
+    search will run (`search_runs`, or it has not finished), a shared study must still answer."""
     ctx = RunContext.load(Path(run_dir))
+    if ctx.spec.storage and (search_runs or not ctx.is_done("search")):
+        check_study_storage(ctx.spec.storage)
     if train_device is not None:
         check_device_name(train_device)
         ctx.spec.train_device = train_device
     done = ", ".join(ctx.state.completed) or "none"
     log.info("resuming %s (stages done: %s)", ctx.run_dir, done)
     return ctx
+
+
+def check_study_storage(url: str | None) -> str | None:
+    """A --storage URL that cannot hold the search study (bad URL, missing driver, a database that
+    does not answer) fails now, in one line; returned as the run records it (a journal's path made
+    absolute)."""
+    if url is None:
+        return None
+    from edgekd.search.storage import check_storage, normalized_url
+
+    check_storage(url)
+    return normalized_url(url)
 
 
 def check_inputs(*, data: Any, teacher: Any, budget_ms: float | None, train_device: str | None,

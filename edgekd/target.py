@@ -58,6 +58,9 @@ class Target:
     quantizer: str = one_of(QUANTIZERS)
     channel_multiple: int = at_least(1, default=8)
     runner: str = "local"
+    # A pool of devices of this kind, ssh:// URLs: each measurement goes to a free one, one job per
+    # device at a time (edgekd/remote/pool.py). When given, `runner` is its first device.
+    runners: list[str] = field(default_factory=list)
     bench: BenchConfig = field(default_factory=BenchConfig)
     sparse_2_4: bool = False  # the device's kernels run 2:4 structured sparsity faster (Ampere+)
     power_mode: str | None = None  # Jetson: the nvpmodel mode the numbers are for, recorded
@@ -96,7 +99,33 @@ def load_target(name_or_path: str) -> Target:
         raise UserError(
             f"{path}: precision {target.precision!r} is not in precisions {target.precisions}"
         )
+    if target.runners:
+        if target.runner not in ("local", *target.runners):
+            raise UserError(f"{path}: runner {target.runner!r} is not in runners {target.runners}; "
+                            "give one device as runner, or several as runners")
+        set_runners(target, target.runners, where=str(path))
     return target
+
+
+def set_runners(target: Target, urls: list[str], *, where: str = "--device") -> None:
+    """Measure on these devices (ssh:// URLs; several make a pool). `runner` becomes the first, so
+    code that asks whether the target runs here keeps asking `runner`."""
+    from edgekd.remote.ssh import parse_ssh_url
+
+    if urls == ["local"]:
+        target.runner, target.runners = "local", []
+        return
+    if "local" in urls:
+        raise UserError(f"{where}: a pool of devices lists ssh://user@host[:port] devices only, got {urls}")
+    for url in urls:
+        try:
+            parse_ssh_url(url)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+    if len(set(urls)) != len(urls):
+        raise UserError(f"{where}: a device is listed twice: {', '.join(urls)}")
+    target.runner = urls[0]
+    target.runners = list(urls) if len(urls) > 1 else []
 
 
 

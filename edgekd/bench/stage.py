@@ -58,7 +58,7 @@ def run(ctx: RunContext) -> BenchResult:
     for key, (model, _, precision) in deployed_models.items():
         path = ctx.run_dir / export.artifacts[key]  # where the artifact is, or would be had it been built here
         arch, params, macs = counts["teacher" if key == "teacher" else "student"]
-        timings, profile = None, None
+        timings, profile, conditions = None, None, None
         if unmeasurable is None:
             latency, throughput, conditions, timings = _measure(ctx, backend, backend.timed_path(path))
             remote_conditions = conditions or remote_conditions  # the device's CPU and runtime, not this machine's
@@ -78,7 +78,7 @@ def run(ctx: RunContext) -> BenchResult:
             throughput_batch=settings.throughput_batch, accuracy=accuracy, accuracy_source=accuracy_source,
             size_mb=round(size_mb, 4), artifact=str(shown.relative_to(ctx.run_dir)),
             size_of=None if path.exists() else f"{shown.name} (the artifact is built on the device)",
-            timings_ms=timings, profile=profile)
+            timings_ms=timings, profile=profile, device_conditions=conditions if unmeasurable is None else None)
         p99 = f"  p99 {latency.p99_ms:.4f} ms" if latency.p99_ms else ""
         log.info("bench: %-13s %s acc %.4f (%s)  p50 %s%s", key, precision, accuracy, accuracy_source, latency, p99)
     result = BenchResult(models=models, conditions=conditions_of(ctx, backend) | remote_conditions,
@@ -108,9 +108,10 @@ def _measure(ctx: RunContext, backend, path: Path) -> tuple[Latency, float, dict
     settings, target = ctx.recipe.bench, ctx.target
     stats = benchmark_on_target(target, path, backend, settings.warmup, settings.runs, settings.threads)
     batch = settings.throughput_batch
+    device = getattr(stats, "host", None)  # with a pool: the same device measures the throughput
     bulk = benchmark_on_target(target, path, backend, max(1, settings.warmup // 5), settings.throughput_runs,
-                               settings.threads, batch=batch)
-    latency = Latency(stats.p50_ms, MEASURED, p90_ms=stats.p90_ms, p99_ms=stats.p99_ms)
+                               settings.threads, batch=batch, prefer=device)
+    latency = Latency(stats.p50_ms, MEASURED, p90_ms=stats.p90_ms, p99_ms=stats.p99_ms, device=device or "local")
     conditions = stats.conditions() if hasattr(stats, "conditions") else None
     return latency, round(batch / (bulk.p50_ms / 1000.0), 1), conditions, getattr(stats, "samples_ms", None)
 

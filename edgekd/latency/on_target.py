@@ -32,7 +32,8 @@ def measure_on_target(target: Target, model: torch.nn.Module, example_input: tor
         path = backend.write_for_timing(model, example_input[:1], workdir / f"{name}-{precision}{backend.SUFFIX}",
                                         precision=precision, quantizer=quantizer)
     stats = benchmark_on_target(target, path, backend, warmup, runs, threads)
-    return Latency(stats.p50_ms, MEASURED, p90_ms=stats.p90_ms, p99_ms=stats.p99_ms)
+    return Latency(stats.p50_ms, MEASURED, p90_ms=stats.p90_ms, p99_ms=stats.p99_ms,
+                   device=getattr(stats, "host", None) or "local")
 
 
 def latency_on_target(target: Target, model: torch.nn.Module, example_input: torch.Tensor, precision: str, *,

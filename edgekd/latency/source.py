@@ -33,6 +33,7 @@ class Latency:
     detail: str = ""
     p90_ms: float | None = None
     p99_ms: float | None = None
+    device: str = ""  # which device measured it ("local", or the ssh:// device of a pool); "" for a prediction
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:

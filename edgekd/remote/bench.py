@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekd.errors import UserError
 from edgekd.measure import LatencyStats
-from edgekd.remote.ssh import SshRunner
+from edgekd.remote.ssh import DeviceUnreachable, SshRunner
 
 log = logging.getLogger(__name__)
 
 _ENTRY_MODULE = "edgekd.remote.bench_entry"
 _TIMED_OUT_EXIT_CODE = 124  # coreutils/busybox `timeout`
+# What ssh exits with when the connection drops after the command started; the entry point itself
+# exits 0 or 1 (bench_entry.ERROR_EXIT_CODE), so a 255 without its JSON line is the connection.
+_CONNECTION_LOST_EXIT_CODE = 255
 
 
 @dataclass
@@ -29,13 +32,19 @@ class RemoteLatencyStats(LatencyStats):
     device: str = ""  # the device's CPU or board name
     runtime: str = ""  # backend and version on the device, e.g. "openvino 2025.3.0"
     date: str = ""  # when the device measured, ISO 8601 with its UTC offset
+    # Devices of a pool that failed this job before `host` measured it: "url: reason" each.
+    failed_devices: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {**super().to_dict(), "host": self.host}
+        extra = {"failed_devices": self.failed_devices} if self.failed_devices else {}
+        return {**super().to_dict(), "host": self.host, **extra}
 
     def conditions(self) -> dict[str, str]:
         """The keys of the bench stage's conditions that differ when measured on the device."""
-        return {"host": self.host, "device": self.device, "runtime": self.runtime, "date": self.date}
+        measured = {"host": self.host, "device": self.device, "runtime": self.runtime, "date": self.date}
+        if self.failed_devices:
+            measured["failed_devices"] = "; ".join(self.failed_devices)
+        return measured
 
 
 def artifact_files(path: Path) -> list[Path]:
@@ -76,6 +85,9 @@ def remote_benchmark(
     where = f"benchmark on {runner.address}"
     if proc.returncode == _TIMED_OUT_EXIT_CODE and result is None:
         raise UserError(f"{where} timed out after {runner.command_timeout_s:.0f} s")
+    if proc.returncode == _CONNECTION_LOST_EXIT_CODE and result is None:
+        stderr = [line for line in proc.stderr.splitlines() if line.strip()]
+        raise DeviceUnreachable(f"{where}: the connection dropped mid-job ({stderr[-1] if stderr else 'exit 255'})")
     if result is None:
         stderr = [line for line in proc.stderr.splitlines() if line.strip()]
         detail = stderr[-1] if stderr else f"exit code {proc.returncode}, no output"

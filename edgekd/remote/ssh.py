@@ -48,6 +48,11 @@ _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")  # name, IPv4, IPv6
 
 
+class DeviceUnreachable(UserError):
+    """The device could not be reached, or its connection dropped mid-job: a fault of the device or
+    the network, not of the job, so a pool of devices retries the job on another one."""
+
+
 @dataclass(frozen=True)
 class SshAddress:
     user: str
@@ -283,13 +288,13 @@ class SshRunner:
             except FileNotFoundError:
                 raise UserError("ssh not found; install the OpenSSH client (openssh-client)") from None
             except subprocess.TimeoutExpired:
-                raise UserError(f"{self.address}: no answer within {timeout_s:.0f} s") from None
+                raise DeviceUnreachable(f"{self.address}: no answer within {timeout_s:.0f} s") from None
             started, proc.stderr = _strip_marker(proc.stderr)
             if proc.returncode != 255 or started:
                 return proc
             reason, stderr = _first_line(proc), _text(proc.stderr)
             if attempt == attempts or any(text in stderr for text in _PERMANENT_ERRORS):
-                raise UserError(f"device unreachable: {self.address}: {reason}{self._hint(stderr)}")
+                raise DeviceUnreachable(f"device unreachable: {self.address}: {reason}{self._hint(stderr)}")
             delay_s = _BACKOFF_S * 2 ** (attempt - 1)
             log.warning(
                 "ssh to %s failed (%s); attempt %d of %d in %.1f s",

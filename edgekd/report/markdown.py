@@ -183,6 +183,14 @@ def render_conditions(report: dict[str, Any]) -> list[str]:
     else:
         what = (f"{cond['runtime']} on {cond['device']}, {cond['runtime_precision']}, {cond['threads']} threads, "
                 f"{cond['warmup']} warm-up + {cond['runs']} timed runs at batch 1, measured {cond['date']}.")
+        hosts = sorted({m["device_conditions"]["host"] for m in report["models"].values()
+                        if (m.get("device_conditions") or {}).get("host")})
+        failed = sorted({d for m in report["models"].values()
+                         for d in (m.get("device_conditions") or {}).get("failed_devices") or []})
+        if hosts:
+            what += f" Measured over SSH on {', '.join(hosts)}."
+        if failed:
+            what += f" Devices that failed a job (moved to another): {', '.join(failed)}."
     return [
         "",
         "## Measurement conditions",

@@ -30,6 +30,7 @@ from edgekd.search import engine
 from edgekd.search.engine import Evaluation
 from edgekd.search.evaluate import Evaluator
 from edgekd.search.space import check_space, for_input, suggest_record
+from edgekd.search.storage import masked
 from edgekd.search.timing import measure_latency, target_latency
 from edgekd.target import baseline_precision, why_not_measurable
 
@@ -67,6 +68,7 @@ def teacher_derived_records(ctx: RunContext) -> list[dict[str, Any]]:
 
 
 def study_url(ctx: RunContext) -> str:
+    """--storage (a journal file or a database that several workers share), else SQLite in the run dir."""
     if ctx.spec.storage:
         return ctx.spec.storage
     return f"sqlite:///{(ctx.stage_dir('search') / 'study.db').resolve()}"
@@ -74,9 +76,11 @@ def study_url(ctx: RunContext) -> str:
 
 def study_name(ctx: RunContext) -> str:
     """Workers that search the same space for the same target and data share a study name, so
-    one --storage URL holds their common study."""
+    one --storage URL holds their common study. How a worker runs (heartbeat, wait) is left out:
+    it does not change what the study computes."""
+    search = {k: v for k, v in ctx.recipe.search.__dict__.items() if k not in engine.WORKER_SETTINGS}
     key = json.dumps([ctx.target.name, ctx.spec.data, ctx.spec.teacher, ctx.spec.seed,
-                      ctx.recipe.search.__dict__], sort_keys=True, default=str)
+                      search], sort_keys=True, default=str)
     return "edgekd-search-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -126,11 +130,12 @@ def run(ctx: RunContext) -> SearchResult:
                         "(it is neither a built-in architecture (--teacher-arch) nor a module that can be traced "
                         "and pruned; the warning above says why); add 'resnet' or 'mobilenet' to search.families")
     url = study_url(ctx)
-    study = engine.open_study(url, study_name(ctx), seed=ctx.spec.seed, population=settings.population)
-    if not ctx.spec.storage:
-        stale = engine.fail_stale_trials(study)
-        if stale:
-            log.info("search: %d trial(s) interrupted by the last kill were marked failed", stale)
+    study = engine.open_study(url, study_name(ctx), seed=ctx.spec.seed, population=settings.population,
+                              shared=bool(ctx.spec.storage), worker=ctx.run_dir.name,
+                              heartbeat_s=settings.heartbeat_s, wait_s=settings.wait_s)
+    stale = engine.fail_stale_trials(study)
+    if stale:
+        log.info("search: %d trial(s) interrupted by a kill were marked failed", stale)
     evaluator = Evaluator(ctx, derived)
     evaluations = engine.run_trials(
         study, trials=settings.trials, evaluate=evaluator, limit_ms=limit_ms,
@@ -165,9 +170,9 @@ def run(ctx: RunContext) -> SearchResult:
     write_json(ctx.stage_dir("search") / "front.json", [e.to_dict() for e in front])
     write_json(ctx.stage_dir("search") / "arch.json", chosen.record | {"name": chosen.name})
     log.info("search: %d trials, %d distinct architectures, front of %d; study %s", len(evaluations),
-             len(distinct), len(front), url)
+             len(distinct), len(front), masked(url))
     return SearchResult(
-        budget=budget, limit_ms=limit_ms, score=settings.score, study=url, latency_setting=settings.latency,
+        budget=budget, limit_ms=limit_ms, score=settings.score, study=masked(url), latency_setting=settings.latency,
         latency_mode=evaluator.mode, trials=len(evaluations), candidates=len(distinct),
         fitting=sum(e.latency_ms <= limit_ms for e in distinct),
         front=[FrontPoint(e.name, e.score, e.latency, e.params) for e in front], front_index=chosen_index,

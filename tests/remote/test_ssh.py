@@ -1,25 +1,23 @@
 """The SSH runner against a real OpenSSH server on localhost, with this venv as the device's Python.
 
-The session fixture starts Debian's sshd on a free port with its own host key, client key and
-known_hosts, so nothing here reads or writes the user's ~/.ssh.
+The session fixture `sshd` (tests/conftest.py, tests/servers.py) starts Debian's sshd on a free
+port with its own host key, client key and known_hosts, so nothing here reads or writes the
+user's ~/.ssh.
 """
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import shlex
 import shutil
-import socket
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from servers import free_port
 
 from edgekd.errors import UserError
 from edgekd.remote import (
@@ -33,7 +31,6 @@ from edgekd.remote import (
 )
 from edgekd.target import Target
 
-SSHD = Path("/usr/sbin/sshd")
 # A name cannot hold '/', so the payload spells /tmp/<marker> with printf's octal escapes. It
 # creates the marker when pasted into a shell line unquoted, in "..." or in '...' (a test below
 # checks that), so its absence after a trip through the runner means no shell ran any of it.
@@ -42,80 +39,6 @@ _TOUCH = f'touch "$(printf "\\057tmp\\057{PWNED.name}")"'
 INJECTION_NAME = f"'; {_TOUCH}; '$({_TOUCH}) x.xml"
 HOSTILE_NAME = "a b'c\"d;e.xml"
 HOSTILE_DIR = "dir a b'c\"d;e"
-
-
-@dataclass
-class SshServer:
-    url: str
-    port: int
-    known_hosts: Path
-    identity: Path
-    log_path: Path
-
-    def runner(self, **options) -> SshRunner:
-        settings = {"known_hosts": self.known_hosts, "identity": self.identity,
-                    "connect_timeout_s": 5, "command_timeout_s": 120, "retries": 1}
-        return SshRunner(self.url, **{**settings, **options})
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_for_banner(port: int, proc: subprocess.Popen, log_path: Path, timeout_s: float = 15) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"sshd exited {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
-                if conn.recv(64).startswith(b"SSH-"):
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"sshd did not answer on port {port}:\n{log_path.read_text()}")
-
-
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory):
-    if not SSHD.exists():
-        pytest.skip("openssh-server not installed (apt-get install openssh-server)")
-    root = tmp_path_factory.mktemp("sshd")
-    host_key, client_key = root / "host_ed25519", root / "client_ed25519"
-    for key in (host_key, client_key):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    authorized_keys = root / "authorized_keys"
-    authorized_keys.write_text(Path(f"{client_key}.pub").read_text())
-    port = _free_port()
-    config = root / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
-        f"AuthorizedKeysFile {authorized_keys}\nPidFile {root / 'sshd.pid'}\n"
-        "UsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        f"PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowUsers {getpass.getuser()}\n"
-        "PrintMotd no\nMaxStartups 50\nLogLevel VERBOSE\n"
-    )
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
-    log_path = root / "sshd.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)],
-                                stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-        _wait_for_banner(port, proc, log_path)
-        key_type, key = Path(f"{host_key}.pub").read_text().split()[:2]
-        known_hosts = root / "known_hosts"
-        known_hosts.write_text(f"[127.0.0.1]:{port} {key_type} {key}\n")
-        yield SshServer(f"ssh://{getpass.getuser()}@127.0.0.1:{port}", port, known_hosts,
-                        client_key, log_path)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class _Tiny(torch.nn.Module):
@@ -198,22 +121,22 @@ def test_bench_entry_bad_arguments_print_one_json_error(capfd):
 # --- against the real sshd -----------------------------------------------------------------------
 
 
-def test_remote_benchmark_of_tiny_openvino_model(sshd, plain_ir):
+def test_remote_benchmark_of_tiny_openvino_model(sshd, plain_ir, device_python):
     stats = remote_benchmark(sshd.runner(), plain_ir, "openvino", warmup=2, runs=7, threads=1, batch=2,
-                             python=sys.executable)
+                             python=device_python)
     assert isinstance(stats, RemoteLatencyStats)
     _assert_sane(stats, runs=7, warmup=2, batch=2)
     assert stats.host == sshd.url and stats.to_dict()["host"] == sshd.url
     assert stats.runtime.startswith("openvino ") and stats.device and stats.date
 
 
-def test_benchmark_on_target_with_hostile_names(sshd, tmp_path):
+def test_benchmark_on_target_with_hostile_names(sshd, tmp_path, device_python):
     ir = _export_ir(tmp_path / HOSTILE_DIR / INJECTION_NAME)
     assert ir.with_suffix(".bin").exists()
     target = Target(name="tiny", description="", backend="openvino", device="CPU",
                     precisions=["fp32"], precision="fp32", quantizer="nncf", runner=sshd.url)
     stats = benchmark_on_target(target, ir, "openvino", warmup=1, runs=5, threads=1,
-                                python=sys.executable, known_hosts=sshd.known_hosts,
+                                python=device_python, known_hosts=sshd.known_hosts,
                                 identity=sshd.identity)
     _assert_sane(stats, runs=5, warmup=1, batch=1)
     assert stats.host == sshd.url
@@ -248,12 +171,12 @@ def test_hostile_names_survive_put_and_get(sshd, tmp_path):
     assert runner.run(["test", "-e", job]).returncode == 1, "the job directory was not removed"
 
 
-def test_failed_benchmark_is_reported_and_not_retried(sshd, tmp_path, caplog):
+def test_failed_benchmark_is_reported_and_not_retried(sshd, tmp_path, caplog, device_python):
     garbage = tmp_path / "broken.xml"
     garbage.write_text("<not an IR")
     with caplog.at_level(logging.WARNING), pytest.raises(UserError, match=r"benchmark on ssh://.* failed: "):
         remote_benchmark(sshd.runner(), garbage, "openvino", warmup=1, runs=2, threads=1,
-                         python=sys.executable)
+                         python=device_python)
     assert not [r for r in caplog.records if "attempt" in r.getMessage()]
 
 
@@ -287,7 +210,7 @@ def test_unknown_host_key_is_refused(sshd, tmp_path):
 
 
 def test_unreachable_port_fails_quickly_with_bounded_retries(sshd, caplog):
-    runner = SshRunner(f"ssh://nobody@127.0.0.1:{_free_port()}", known_hosts=sshd.known_hosts,
+    runner = SshRunner(f"ssh://nobody@127.0.0.1:{free_port()}", known_hosts=sshd.known_hosts,
                        connect_timeout_s=2, retries=2)
     start = time.monotonic()
     with caplog.at_level(logging.WARNING), pytest.raises(

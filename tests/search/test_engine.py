@@ -122,3 +122,48 @@ def test_front_keeps_feasible_non_dominated_points_best_score_first():
 
 def test_no_feasible_point_gives_an_empty_front():
     assert engine.pareto_front([e("a", 1, 5.0)], limit_ms=1.0) == []
+
+
+# --- workers sharing a study (in one process here; tests/search/test_workers.py runs processes) ---
+
+
+def test_trials_is_the_size_of_a_shared_study_not_of_each_workers_share(tmp_path):
+    url = f"journal:///{tmp_path / 'study.log'}"
+    first = engine.open_study(url, "test", seed=0, shared=True, worker="a")
+    assert len(run_study(first, trials=6)) == 6
+    evaluated = []
+    second = engine.open_study(url, "test", seed=0, shared=True, worker="b")
+    assert len(run_study(second, trials=6, evaluations=evaluated)) == 6  # full already: nothing to run
+    assert evaluated == []
+    assert len(run_study(second, trials=9, evaluations=evaluated)) == 9
+    workers = [t.user_attrs["worker"] for t in second.study.get_trials()]
+    assert workers == ["a"] * 6 + ["b"] * 3
+
+
+def test_a_full_study_waits_for_a_live_workers_trial_up_to_wait_s(tmp_path, caplog):
+    url = f"journal:///{tmp_path / 'study.log'}"
+    busy = engine.open_study(url, "test", seed=0, shared=True, worker="busy")
+    run_study(busy, trials=3)
+    trial = busy.study.ask()  # a trial a live worker is still running
+    trial.set_user_attr("worker_token", busy.liveness.token)
+    waiting = engine.open_study(url, "test", seed=0, shared=True, worker="waiting", wait_s=1.5)
+    start = time.monotonic()
+    assert len(run_study(waiting, trials=4)) == 3  # 3 finished + 1 running = 4: it waits, then reads 3
+    assert 1.5 <= time.monotonic() - start < 10
+    assert "still running after" in caplog.text
+    busy.study.tell(trial, [1.0, 0.01])
+    # A dead worker's trial is not waited for: its lock is gone, so the trial is failed and replaced.
+    orphan = busy.study.ask()
+    orphan.set_user_attr("worker_token", "gone-123-abcdef12")
+    assert len(run_study(waiting, trials=5)) == 5
+    assert {t.number: t.state.name for t in waiting.study.get_trials()}[orphan.number] == "FAIL"
+
+
+def run_study(study, trials: int, evaluations: list | None = None):
+    def counting(record):
+        if evaluations is not None:
+            evaluations.append(record)
+        return evaluate(record)
+
+    return engine.run_trials(study, trials=trials, limit_ms=100.0, evaluate=counting,
+                             suggest=lambda trial: suggest_record(trial, SETTINGS, 8, []))
