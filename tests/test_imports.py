@@ -51,7 +51,13 @@ def imports_of(module: str) -> set[str]:
                 prefix = ".".join(base + ([node.module] if node.module else []))
             else:
                 prefix = node.module or ""
-            names = [f"{prefix}.{alias.name}" for alias in node.names] + [prefix]
+            if not prefix.startswith("edgekd"):
+                continue
+            # `from edgekd.a import b`: module edgekd.a.b when there is one, else the names of edgekd.a
+            targets = [resolve(f"{prefix}.{alias.name}") if f"{prefix}.{alias.name}" in MODULES else resolve(prefix)
+                       for alias in node.names]
+            found.update(t for t in targets if t and t != module)
+            continue
         else:
             continue
         for name in names:

@@ -49,26 +49,35 @@ def for_input(settings: SearchConfig, input_shape: tuple[int, ...]) -> SearchCon
                                mobilenet_base=mobilenet if settings.mobilenet_base == "auto" else settings.mobilenet_base)
 
 
+def resnet_base(settings: SearchConfig) -> dict[str, Any]:
+    """The resnet family's base record; "auto" unresolved (settings not yet fitted to an input
+    size by for_input) means the small-image base."""
+    return resolve_arch(AUTO_BASES[False][0] if settings.base == "auto" else settings.base)
+
+
+def mobilenet_base(settings: SearchConfig) -> dict[str, Any]:
+    return resolve_arch(AUTO_BASES[False][1] if settings.mobilenet_base == "auto" else settings.mobilenet_base)
+
+
 def check_space(settings: SearchConfig) -> None:
     """Fail before any work on a space that cannot be searched: what the recipe's value rules
     (edgekd/config.py) cannot say alone, the architecture names and odd kernel sizes."""
     if any(k % 2 == 0 or k < 1 for k in settings.kernel_options):
         raise UserError(f"search.kernel_options must be odd, got {settings.kernel_options}")
-    if settings.base != "auto":
-        resolve_arch(settings.base)
-    if "mobilenet" in settings.families and settings.mobilenet_base != "auto":
-        resolve_arch(settings.mobilenet_base)
+    resnet_base(settings)
+    if "mobilenet" in settings.families:
+        mobilenet_base(settings)
 
 
 def resnet_record(settings: SearchConfig, width: float, depths: list[int], channel_multiple: int) -> dict[str, Any]:
-    base = resolve_arch(settings.base)
+    base = resnet_base(settings)
     base.pop("name", None)
     return scale_width({**base, "depths": list(depths)}, width, channel_multiple)
 
 
 def mobilenet_record(settings: SearchConfig, width: float, stages: list[dict[str, Any]], channel_multiple: int) -> dict[str, Any]:
     """`stages` gives per-stage depth/kernel/expand/se; widths and strides come from the base."""
-    base = resolve_arch(settings.mobilenet_base)
+    base = mobilenet_base(settings)
     base.pop("name", None)
     record = copy.deepcopy(base)
     for stage, choice in zip(record["stages"], stages):
@@ -86,11 +95,11 @@ def suggest_record(trial, settings: SearchConfig, channel_multiple: int, derived
         return copy.deepcopy(derived[index])
     width = trial.suggest_categorical(f"{family}_width", settings.width_multipliers)
     if family == "resnet":
-        stages = len(resolve_arch(settings.base)["depths"])
+        stages = len(resnet_base(settings)["depths"])
         depths = [trial.suggest_categorical(f"resnet_depth{i}", settings.depth_options) for i in range(stages)]
         return resnet_record(settings, width, depths, channel_multiple)
     choices = []
-    for i in range(len(resolve_arch(settings.mobilenet_base)["stages"])):
+    for i in range(len(mobilenet_base(settings)["stages"])):
         choices.append({
             "depth": trial.suggest_categorical(f"mobilenet_depth{i}", settings.depth_options),
             "kernel": trial.suggest_categorical(f"mobilenet_kernel{i}", settings.kernel_options),
@@ -111,10 +120,10 @@ def covering_records(settings: SearchConfig, channel_multiple: int, derived: lis
     deepest = max(settings.depth_options)
     for width in settings.width_multipliers:
         if "resnet" in settings.families:
-            stages = len(resolve_arch(settings.base)["depths"])
+            stages = len(resnet_base(settings)["depths"])
             records.append(resnet_record(settings, width, [deepest] * stages, channel_multiple))
         if "mobilenet" in settings.families:
-            stages = len(resolve_arch(settings.mobilenet_base)["stages"])
+            stages = len(mobilenet_base(settings)["stages"])
             for kernel in settings.kernel_options:
                 for expand in settings.expand_options:
                     for se in settings.se_options:

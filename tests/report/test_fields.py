@@ -4,7 +4,12 @@ bench.json), the target's predicted-vs-measured records, and the environment's G
 from __future__ import annotations
 
 from edgekd.latency.records import append_record
-from edgekd.report.fields import environment_extras, models_for_report, predicted_vs_measured, raw_timings
+from edgekd.report.fields import (
+    environment_extras,
+    models_for_report,
+    predicted_vs_measured,
+    raw_timings,
+)
 
 
 def test_raw_timings_become_a_summary_and_existing_keys_stay(measured_bench):

@@ -11,7 +11,13 @@ from tiny_recipe import tiny_args
 from edgekd.cli import main
 from edgekd.errors import MissingDependencyError, UserError
 from edgekd.search import engine
-from edgekd.search.storage import check_storage, journal_path, masked, normalized_url, storage_kind
+from edgekd.search.storage import (
+    check_storage,
+    journal_path,
+    masked,
+    normalized_url,
+    storage_kind,
+)
 
 
 def test_kinds_and_journal_paths(tmp_path, monkeypatch):

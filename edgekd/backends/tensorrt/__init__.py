@@ -26,7 +26,6 @@ no metadata field.
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 from pathlib import Path
@@ -46,6 +45,7 @@ from edgekd.backends.tensorrt.build import (
     strongly_typed_for,  # noqa: F401 - part of this backend's API (tests, callers)
 )
 from edgekd.backends.tensorrt.qdq import prepare_int8_onnx
+from edgekd.backends.tensorrt.sidecar import read_metadata, write_metadata
 from edgekd.backends.tensorrt.trtexec import (
     _run_trtexec,
     _shape_text,
@@ -184,24 +184,12 @@ def export_from_onnx(
         "sparsity": str(sparsity).lower(),
         **info,
     }
-    _sidecar(path).write_text(json.dumps(record, indent=2, sort_keys=True))
+    write_metadata(path, record)
     log.info("wrote TensorRT engine %s (%.3f MB, %s)", path, size_mb(path), precision)
     return path
 
 
 # --- metadata, timing, prediction -------------------------------------------------------------
-
-
-def _sidecar(path: Path) -> Path:
-    return Path(f"{path}.json")
-
-
-def read_metadata(path: Path) -> dict[str, str]:
-    """The metadata recorded beside the engine at export ({} if there is none)."""
-    sidecar = _sidecar(require_file(Path(path)))
-    if not sidecar.is_file():
-        return {}
-    return {key: str(value) for key, value in json.loads(sidecar.read_text()).items()}
 
 
 def profile(path: Path, *, runs: int, warmup_ms: int = _DEFAULT_WARMUP_MS, batch: int = 1) -> dict:

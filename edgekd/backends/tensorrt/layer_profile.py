@@ -164,7 +164,7 @@ def build_trtexec_profile_command(engine_path: Path, out_dir: Path, *, runs: int
 def profile_engine(engine_path: Path, out_dir: Path, *, runs: int, warmup_ms: int, shapes: str | None = None) -> dict:
     """Run trtexec on a TensorRT host and return {"per_layer", "timings_ms", "load_ms",
     "gpu_memory_mb", "cpu_memory_mb"} at batch 1; the exported files stay in `out_dir`."""
-    from edgekd.backends.tensorrt import read_metadata
+    from edgekd.backends.tensorrt.sidecar import read_metadata
     from edgekd.backends.tensorrt.trtexec import _run_trtexec, find_trtexec
 
     metadata = read_metadata(engine_path)
