@@ -109,6 +109,25 @@ def get_backend(name: str) -> Backend:
 # module imports its runtime at import time and the others must not depend on it.
 
 
+# Contract verbs that most runtimes answer the same way; a backend binds them by name
+# (e.g. `finish_export = nothing_to_finish`) and writes its own only where it differs.
+
+
+def nothing_to_finish(run_dir: Path, written: dict[str, dict], target: Any) -> dict:
+    """finish_export for a runtime whose artifacts need no run-wide file."""
+    return {}
+
+
+def the_artifact_itself(path: Path) -> Path:
+    """timed_path for a runtime that times the artifact it deploys."""
+    return Path(path)
+
+
+def no_device_settings() -> dict[str, str]:
+    """device_conditions where the device has no settings to read (bench records the CPU for all)."""
+    return {}
+
+
 def artifact_accuracy(backend: Backend, path: Path, split: Any, batch_size: int = 256) -> float:
     """Top-1 accuracy of the artifact at `path` on a split (edgekd.data.Split), batch by batch: the
     split may stream from disk, and only one batch is in memory at a time."""

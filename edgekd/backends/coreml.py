@@ -28,7 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgekd.backends import to_numpy, top1_accuracy
+from edgekd.backends import (
+    no_device_settings,
+    nothing_to_finish,
+    the_artifact_itself,
+    to_numpy,
+    top1_accuracy,
+)
 from edgekd.errors import MissingDependencyError, UserError
 from edgekd.io import first_line
 from edgekd.measure import LatencyStats, time_calls
@@ -429,20 +435,17 @@ def check_artifact(model: torch.nn.Module, path: Path, inputs: torch.Tensor, num
             "spec_version": checked["spec_version"], "ops": op_inventory(path)}
 
 
-def finish_export(run_dir: Path, written: dict[str, dict], target) -> dict:
-    return {}
+finish_export = nothing_to_finish
 
 
-def timed_path(path: Path) -> Path:
-    return Path(path)
+timed_path = the_artifact_itself
 
 
 def accuracy_stand_in(path: Path):
     return None  # no runtime runs an ML Program off macOS: the torch model stands in
 
 
-def device_conditions() -> dict[str, str]:
-    return {}
+device_conditions = no_device_settings
 
 
 def predictor(path: Path):

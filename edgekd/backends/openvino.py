@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgekd.backends import require_file, to_numpy, top1_accuracy
+from edgekd.backends import (
+    no_device_settings,
+    nothing_to_finish,
+    require_file,
+    the_artifact_itself,
+    to_numpy,
+    top1_accuracy,
+)
 from edgekd.errors import MissingDependencyError, UserError
 from edgekd.measure import LatencyStats, time_calls
 
@@ -373,12 +380,10 @@ def check_artifact(model: torch.nn.Module, path: Path, inputs: torch.Tensor, num
     return None  # bench measures the IR's own accuracy
 
 
-def finish_export(run_dir: Path, written: dict[str, dict], target) -> dict:
-    return {}
+finish_export = nothing_to_finish
 
 
-def timed_path(path: Path) -> Path:
-    return Path(path)
+timed_path = the_artifact_itself
 
 
 def accuracy_stand_in(path: Path):
@@ -386,8 +391,7 @@ def accuracy_stand_in(path: Path):
     return (sys.modules[__name__], Path(path), f"{NAME} artifact") if Path(path).exists() else None
 
 
-def device_conditions() -> dict[str, str]:
-    return {}  # the CPU's name is recorded by bench for every backend
+device_conditions = no_device_settings
 
 
 def profile_artifact(path: Path, *, warmup: int, runs: int, threads: int | None = None, work_dir=None) -> dict:
