@@ -133,7 +133,7 @@ def artifact_accuracy(backend: Backend, path: Path, split: Any, batch_size: int 
     split may stream from disk, and only one batch is in memory at a time."""
     run = backend.predictor(path)
     correct = 0
-    for images, labels, _ in split.batches(batch_size):
+    for images, labels, _ in split.batches(split.inference_batch(batch_size)):
         correct += int((np.argmax(run(images), axis=1) == labels.numpy()).sum())
     return correct / max(1, len(split))
 

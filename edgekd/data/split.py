@@ -104,6 +104,13 @@ class Split:
         class-interleaved, so a head is a fair sample."""
         return self.images(torch.arange(min(count, len(self))))
 
+    def inference_batch(self, wanted: int, max_mb: float = 48.0) -> int:
+        """A batch size for passes that only run models (accuracy, teacher outputs): `wanted`,
+        capped so one batch of images stays under `max_mb` (256 images at 3x224x224 would be
+        150 MB, and a DataLoader keeps several batches in flight)."""
+        c, h, w = self.input_shape
+        return max(1, min(wanted, int(max_mb * 1e6 // (4 * c * h * w))))
+
     def batches(self, batch_size: int, *, shuffle: bool = False,
                 generator: torch.Generator | None = None) -> Iterator[Batch]:
         """(images, labels, sample indices) batches; the last one may be smaller. Shuffling

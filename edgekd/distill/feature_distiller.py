@@ -136,7 +136,7 @@ class FeatureDistiller(nn.Module):
     def _teacher_class_centers(self, train: Split, num_classes: int) -> torch.Tensor:
         """ND's class centres: the mean teacher embedding per class over the training set."""
         embeddings = []
-        for images, _, _ in train.batches(256):
+        for images, _, _ in train.batches(train.inference_batch(256)):
             _eval_forward(self.teacher[0], images)
             embeddings.append(self._teacher_tap.take()[0].flatten(1))
         return class_centers(torch.cat(embeddings), train.y, num_classes)

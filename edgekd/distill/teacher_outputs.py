@@ -250,8 +250,9 @@ class TeacherOutputCache:
         desc = f"teacher outputs epoch {slot + 1}/{self.n_epochs}"
         try:
             with torch.no_grad():
-                steps = (n + self.batch_size - 1) // self.batch_size
-                for batch, _, rows in progress(self.split.batches(self.batch_size), desc=desc, total=steps):
+                batch_size = self.split.inference_batch(self.batch_size)
+                steps = (n + batch_size - 1) // batch_size
+                for batch, _, rows in progress(self.split.batches(batch_size), desc=desc, total=steps):
                     start = int(rows[0])  # in order: rows are start .. start + len - 1
                     batch = batch.to(device)
                     if self.augmentation is not None:

@@ -20,7 +20,7 @@ def evaluate_accuracy(model: nn.Module, split: Split, batch_size: int = 256) -> 
     device = model_device(model)
     correct = 0
     with torch.no_grad():
-        for images, labels, _ in split.batches(batch_size):
+        for images, labels, _ in split.batches(split.inference_batch(batch_size)):
             logits = model(images.to(device, non_blocking=True))
             correct += int((logits.argmax(1).cpu() == labels).sum())
     model.train(was_training)
@@ -31,7 +31,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor | Split, batch_size: int = 
     """Outputs (on the CPU) for a tensor of images or every sample of a split, in order."""
     model.eval()
     device = model_device(model)
-    chunks = (x.batches(batch_size) if isinstance(x, Split)
+    chunks = (x.batches(x.inference_batch(batch_size)) if isinstance(x, Split)
               else ((x[s : s + batch_size], None, None) for s in range(0, len(x), batch_size)))
     with torch.no_grad():
         return torch.cat([model(images.to(device)).float().cpu() for images, _, _ in chunks])
