@@ -111,7 +111,7 @@ def _measure(ctx: RunContext, backend, path: Path) -> tuple[Latency, float, dict
     device = getattr(stats, "host", None)  # with a pool: the same device measures the throughput
     bulk = benchmark_on_target(target, path, backend, max(1, settings.warmup // 5), settings.throughput_runs,
                                settings.threads, batch=batch, prefer=device)
-    latency = Latency(stats.p50_ms, MEASURED, p90_ms=stats.p90_ms, p99_ms=stats.p99_ms, device=device or "local")
+    latency = Latency(stats.p50_ms, MEASURED, p90_ms=stats.p90_ms, p99_ms=stats.p99_ms, device=device or target.runner)
     conditions = stats.conditions() if hasattr(stats, "conditions") else None
     return latency, round(batch / (bulk.p50_ms / 1000.0), 1), conditions, getattr(stats, "samples_ms", None)
 

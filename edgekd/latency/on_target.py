@@ -33,7 +33,7 @@ def measure_on_target(target: Target, model: torch.nn.Module, example_input: tor
                                         precision=precision, quantizer=quantizer)
     stats = benchmark_on_target(target, path, backend, warmup, runs, threads)
     return Latency(stats.p50_ms, MEASURED, p90_ms=stats.p90_ms, p99_ms=stats.p99_ms,
-                   device=getattr(stats, "host", None) or "local")
+                   device=getattr(stats, "host", None) or target.runner)
 
 
 def latency_on_target(target: Target, model: torch.nn.Module, example_input: torch.Tensor, precision: str, *,

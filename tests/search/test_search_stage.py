@@ -190,7 +190,8 @@ def test_a_tensorrt_target_behind_a_runner_is_timed_from_its_onnx(tmp_path, monk
     from edgekd.models import build_model
     from edgekd.search.timing import measure_latency
 
-    assert measure_latency(ctx, build_model("resnet_xs", 1, 10).eval(), "int8", "probe") == Latency(0.1, MEASURED, p90_ms=0.1, p99_ms=0.1)
+    assert measure_latency(ctx, build_model("resnet_xs", 1, 10).eval(), "int8", "probe") == Latency(
+        0.1, MEASURED, p90_ms=0.1, p99_ms=0.1, device="ssh://nvidia@jetson.invalid")
     assert measure_latency(ctx, build_model("resnet_xs", 1, 10).eval(), "fp16", "probe").ms == 0.1
     int8, fp16 = sent
     assert int8.name == "probe-int8.trt.onnx" and fp16.name == "probe-fp16.trt.onnx"

@@ -210,7 +210,7 @@ def test_user_teacher_with_wrong_input_channels_is_rejected(tmp_path, cache):
     model = build_model("resnet_xs", 3, 10).eval()  # digits is 1-channel
     path = tmp_path / "rgb.pt"
     torch.jit.trace(model, torch.zeros(1, 3, 8, 8)).save(str(path))
-    with pytest.raises(UserError, match="fails on the data's input shape"):
+    with pytest.raises(UserError, match=r"takes 3-channel images, but the data has 1 channel\(s\); convert them with --channels 3"):
         resolve_teacher(_context(tmp_path / "run", teacher=str(path)))
 
 
