@@ -211,6 +211,9 @@ class DistillConfig:
     augment: bool = False
     augment_shift_px: int | None = at_least(0, default=None)
     augment_hflip: bool = False
+    # Random-resized-crop area range instead of the shift, e.g. [0.08, 1.0] (torchvision's
+    # training practice for 224-px images); null: none
+    augment_crop_scale: list[float] | None = between(0.01, 1.0, default=None)
     # Teacher outputs kept per sample: the top-k classes' log-probabilities (0: all, exact)
     teacher_top_k: int = at_least(0, default=0)
     teacher_cache_dtype: str = one_of(CACHE_DTYPES, default="float32")  # float16: ~30% less disk, losses within ~1e-4
@@ -249,6 +252,13 @@ def check_values(config: Any, section: str) -> None:
             raise UserError(f"{key} is empty: give at least one choice")
         for item in values:
             _check_value(item, f.metadata, key, value)
+
+
+def check_distill(settings: DistillConfig) -> None:
+    """What the field rules cannot say about distillation's settings."""
+    crop = settings.augment_crop_scale
+    if crop is not None and (len(crop) != 2 or crop[0] > crop[1]):
+        raise UserError(f"distill.augment_crop_scale must be [min, max] area fractions with min <= max, got {crop}")
 
 
 def check_data(settings: DataConfig) -> None:
@@ -310,6 +320,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), bench_defaul
         apply_override(recipe, item)
     check_values(recipe, "")
     check_data(recipe.data)
+    check_distill(recipe.distill)
     return recipe
 
 

@@ -61,7 +61,8 @@ def run(ctx: RunContext) -> DistillResult:
     student = student_from_record(ctx, arch)
     init = initialise_student_(student, arch, settings.init, teacher.model, teacher.arch, data.train.head(2))
     features = make_feature_distiller(settings, student, teacher.model, data)  # bad layer names fail here
-    augmentation = (Augmentation(seed=ctx.spec.seed, shift_px=settings.augment_shift_px,
+    crop = tuple(settings.augment_crop_scale) if settings.augment_crop_scale else None
+    augmentation = (Augmentation(seed=ctx.spec.seed, shift_px=settings.augment_shift_px, crop_scale=crop,
                                  hflip=settings.augment_hflip) if settings.augment else None)
     # Each augmentation epoch is computed on first use, so early stopping saves the rest.
     teacher_outputs = TeacherOutputCache(

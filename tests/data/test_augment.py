@@ -89,3 +89,35 @@ def test_dataclass_applies_the_same_as_the_function_and_keeps_dtype_and_shape():
     assert out.dtype == torch.float64 and out.shape == x.shape
     assert torch.equal(out, augment_batch(x, index, 4, 3, shift_px=2, hflip=True))
     assert aug.to_dict() == {"seed": 3, "shift_px": 2, "hflip": True}
+
+
+# ---- random-resized-crop ------------------------------------------------------------------------
+
+def test_random_resized_crop_is_a_pure_function_of_seed_epoch_and_index():
+    from edgekd.data.augment import Augmentation
+
+    x = torch.rand(6, 3, 16, 16)
+    index = torch.arange(10, 16)
+    augmentation = Augmentation(seed=3, crop_scale=(0.2, 1.0), hflip=True)
+    once = augmentation.apply(x, index, epoch=1)
+    # the same samples in another batch order: each gets the same crop
+    order = torch.tensor([5, 2, 0, 4, 1, 3])
+    assert torch.allclose(augmentation.apply(x[order], index[order], epoch=1), once[order], atol=1e-6)
+    assert not torch.allclose(augmentation.apply(x, index, epoch=2), once)  # a new crop each epoch
+    assert once.shape == x.shape and augmentation.resolved_shift_px(16, 16) == 0
+
+
+def test_a_full_area_crop_of_square_ratio_is_the_image():
+    from edgekd.data.augment import random_resized_crop
+
+    x = torch.rand(4, 1, 12, 12)
+    out = random_resized_crop(x, torch.arange(4), 0, seed=0, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert torch.allclose(out, x, atol=1e-5)
+
+
+def test_crop_scale_is_checked_when_the_recipe_is_read():
+    from edgekd.config import load_recipe
+    from edgekd.errors import UserError
+
+    with pytest.raises(UserError, match=r"distill.augment_crop_scale must be \[min, max\]"):
+        load_recipe(None, ["distill.augment_crop_scale=[0.9, 0.2]"])
