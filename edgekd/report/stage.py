@@ -110,6 +110,9 @@ def search_summary(search: SearchResult, bench: BenchResult) -> dict[str, Any]:
         "front": [{"name": p.name, "score": p.score, "latency_ms": p.latency.ms, "latency_source": p.latency.source,
                    "params": p.params} for p in search.front],
         "finalists": [{"name": f.name, "fits": f.fits, "not_measured": f.not_measured,
+                       # the keys report.json had before the sources were named, kept for tools
+                       "predicted_ms": None if f.estimate.measured else f.estimate.ms,
+                       "latency_source": f.estimate.source,
                        **latency_fields("estimate", f.estimate), **latency_fields("measured", f.measured)}
                       for f in search.finalists],
         "chosen": search.chosen,
