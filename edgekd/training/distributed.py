@@ -58,6 +58,8 @@ class World:
     local_size: int = 1
     active: bool = False  # a process group is up (torchrun, even with one process)
     threads: int = 0  # torch threads per process while ranks train side by side; 0: left as found
+    control: Any = None  # the gloo group for control messages; None: the default group (gloo)
+    owns_group: bool = True  # edgekd started the process group (and stops it)
     _training_groups: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -104,7 +106,7 @@ class World:
         import torch.distributed as dist
 
         box = [value if self.is_main else None]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
 
     def sum(self, numbers: Sequence[float]) -> list[float]:
@@ -114,7 +116,7 @@ class World:
         import torch.distributed as dist
 
         totals = torch.tensor([float(n) for n in numbers], dtype=torch.float64)
-        dist.all_reduce(totals)
+        dist.all_reduce(totals, group=self.control)
         return totals.tolist()
 
     # ---- training ------------------------------------------------------------------------------
@@ -192,7 +194,8 @@ class World:
             torch.set_num_threads(self.threads)
 
     def stop(self) -> None:
-        if self.active:
+        """Leave the process group edgekd started (a script's own group stays up)."""
+        if self.active and self.owns_group:
             import torch.distributed as dist
 
             dist.destroy_process_group()
@@ -244,6 +247,9 @@ def start() -> World:
                   local_size=int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])), active=True)
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo", timeout=WAIT_TIMEOUT)
+    else:  # a script that set up its own group (maybe NCCL) calls the Python API: control needs gloo
+        world.control = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
+        world.owns_group = False
     cores = usable_cores()
     world.threads = threads_per_process(cores, world.local_size)
     torch.set_num_threads(world.threads)

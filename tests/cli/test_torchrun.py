@@ -8,34 +8,17 @@ each distill fit ended with."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from launch import rank_log, torchrun
 from tiny_recipe import tiny_args
 
 from edgekd.pipeline import STAGES
 from edgekd.training.distributed import threads_per_process, usable_cores
 
-ROOT = Path(__file__).resolve().parents[2]
 RECORDER = Path(__file__).with_name("torchrun_record.py")
 N_TRAIN = 1257  # the embedded digits' training split
-
-
-def torchrun(args: list[str], *, logs: Path, env: dict[str, str] | None = None,
-             timeout: int = 300) -> subprocess.CompletedProcess:
-    """Two processes on this machine; each rank's stdout/stderr go to files under `logs`."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "--log-dir", str(logs), "--redirects", "3", *args]
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
-def rank_log(logs: Path, rank: int, stream: str) -> str:
-    (path,) = logs.glob(f"*/attempt_0/{rank}/{stream}.log")
-    return path.read_text()
 
 
 @pytest.fixture(scope="module")
