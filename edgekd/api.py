@@ -23,7 +23,8 @@ from edgekd.errors import UserError
 from edgekd.pipeline import STAGES, run_pipeline
 from edgekd.results import check_budget
 from edgekd.run import RunContext
-from edgekd.start import new_run, resume_run
+from edgekd.start import new_run, open_on_every_rank, resume_run
+from edgekd.training.distributed import start
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,12 @@ def compress(
     returned instead of a result."""
     if until is not None and until not in STAGES:
         raise UserError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
-    if resume:
-        if run_dir is None:
-            raise UserError("resume=True needs the run_dir to continue")
-        ctx = resume_run(run_dir, train_device=train_device)
-        _attach_in_memory_inputs(ctx, teacher, data)
-    else:
+    if resume and run_dir is None:
+        raise UserError("resume=True needs the run_dir to continue")
+
+    def open_run() -> RunContext:
+        if resume:
+            return resume_run(run_dir, train_device=train_device)
         runs_dir, name = _split_run_dir(run_dir)
         loaded = None
         if data is not None and not isinstance(data, (str, Path)):
@@ -90,12 +91,20 @@ def compress(
         teacher_path, trust = teacher, trust_pickle
         if isinstance(teacher, nn.Module):
             teacher_path, trust = _save_module_teacher(teacher, loaded, runs_dir, name), True
-        ctx = new_run(target=target, data=None if loaded is not None else data, teacher=teacher_path,
-                      teacher_arch=teacher_arch, trust_pickle=trust, allow_weak_teacher=allow_weak_teacher,
-                      budget_ms=budget_ms, storage=storage, device=device, seed=seed, recipe=recipe,
-                      overrides=list(overrides), runs_dir=runs_dir, name=name, overwrite=overwrite,
-                      train_device=train_device, command="edgekd.compress(...)", loaded_data=loaded)
-    run_pipeline(ctx, until=until)
+        return new_run(target=target, data=None if loaded is not None else data, teacher=teacher_path,
+                       teacher_arch=teacher_arch, trust_pickle=trust, allow_weak_teacher=allow_weak_teacher,
+                       budget_ms=budget_ms, storage=storage, device=device, seed=seed, recipe=recipe,
+                       overrides=list(overrides), runs_dir=runs_dir, name=name, overwrite=overwrite,
+                       train_device=train_device, command="edgekd.compress(...)", loaded_data=loaded)
+
+    world = start()  # a script started by torchrun: its ranks distil together (docs/scale-out.md)
+    try:
+        ctx = open_on_every_rank(world, open_run)
+        if resume or not world.is_main:  # rank 0 of a new run has them already
+            _attach_in_memory_inputs(ctx, teacher, data)
+        run_pipeline(ctx, until=until)
+    finally:
+        world.stop()
     if until is not None and until != "report":
         return ctx
     return result_of(ctx)

@@ -2,16 +2,22 @@
 that stage (running it again if it already ran); `edgekd targets` lists devices.
 
 Errors a user can fix print one line and exit with code 2; an interrupted run says how to resume.
+
+Under torchrun (`torchrun --nproc-per-node N -m edgekd distill ...`) every process runs this same
+main(): they join one process group, rank 0 opens the run dir and the others follow it
+(edgekd/training/distributed.py); each rank's log lines carry its rank, and ranks other than 0
+log warnings and errors only (with -v, everything) and draw no progress bars.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 
-from edgekd.errors import UserError
+from edgekd.errors import OtherRankFailed, UserError
 from edgekd.interrupt import remember_interrupts
 from edgekd.version import __version__
 
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     _configure_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
-    run_dir = None
+    run_dir, world = None, None
     restore_sigint = remember_interrupts()
     try:
         if args.command == "targets":
@@ -195,8 +201,16 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"two run dirs given: {args.run_dir} and --resume {args.resume}")
             args.resume = args.run_dir
         from edgekd.commands import open_run  # imports torch; keep `--help` fast
+        from edgekd.start import open_on_every_rank
+        from edgekd.training.distributed import start
 
-        ctx = open_run(args, command="edgekd " + " ".join(shlex.quote(a) for a in argv))
+        world = start()
+        if not world.is_main:
+            from edgekd.measure import hide_progress_bars
+
+            hide_progress_bars()
+        command = _launcher(world) + "edgekd " + " ".join(shlex.quote(a) for a in argv)
+        ctx = open_on_every_rank(world, lambda: open_run(args, command=command))
         run_dir = ctx.run_dir
         from edgekd.pipeline import run_pipeline
 
@@ -204,11 +218,15 @@ def main(argv: list[str] | None = None) -> int:
             run_pipeline(ctx)
         else:
             run_pipeline(ctx, until=args.command, redo=args.command if args.resume else None)
-        _print_outcome(ctx, args.command)
+        if world.is_main:
+            _print_outcome(ctx, args.command)
         return 0
     except UserError as exc:
         print(f"edgekd: error: {exc}", file=sys.stderr)
         return 2
+    except OtherRankFailed as exc:
+        print(f"edgekd: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         hint = f"; resume with: edgekd compress --resume {run_dir}" if run_dir else ""
         if args.command == "lut":
@@ -217,6 +235,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         restore_sigint()
+        if world is not None:
+            world.stop()
+
+
+def _launcher(world) -> str:
+    """How the report's reproducing command starts: torchrun with this run's processes."""
+    if not world.active:
+        return ""
+    nodes = world.size // max(1, world.local_size)
+    return f"torchrun --nproc-per-node {world.local_size}{f' --nnodes {nodes}' if nodes > 1 else ''} -m "
 
 
 def _list_targets() -> int:
@@ -249,7 +277,13 @@ def _print_outcome(ctx, command: str) -> None:
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    form = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    rank = os.environ.get("RANK") if "LOCAL_RANK" in os.environ else None  # started by torchrun
+    if rank is not None:
+        form = f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s"
+        if rank != "0" and not verbose:  # the other ranks repeat rank 0's lines
+            level = logging.WARNING
+    logging.basicConfig(level=level, format=form, datefmt="%H:%M:%S")
     # NNCF and OpenVINO log at INFO about their own internals; keep ours readable.
     for noisy in ("nncf", "openvino"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)

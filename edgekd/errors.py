@@ -14,3 +14,8 @@ class MissingDependencyError(UserError):
         )
         self.package = package
         self.extra = extra
+
+
+class OtherRankFailed(Exception):
+    """Under torchrun: rank 0 failed with something other than bad input, so this rank stops too
+    (the CLI prints it as one line and exits with code 1)."""

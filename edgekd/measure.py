@@ -70,9 +70,18 @@ def timings_summary(samples_ms: list[float]) -> dict:
     }
 
 
+_progress_shown = True
+
+
+def hide_progress_bars() -> None:
+    """No bars from this process (torchrun's ranks but 0 share its terminal and train alike)."""
+    global _progress_shown
+    _progress_shown = False
+
+
 def progress(iterable: Iterable[T], *, desc: str, total: int | None = None) -> Iterable[T]:
     """A progress bar that shows only on a terminal (disable=None) and vanishes when done."""
-    return tqdm(iterable, desc=desc, total=total, disable=None, leave=False)
+    return tqdm(iterable, desc=desc, total=total, disable=None if _progress_shown else True, leave=False)
 
 
 def time_calls(

@@ -1,5 +1,9 @@
 """The stage order, and running stages with their state saved after each one (so a killed run
-resumes from the last finished stage)."""
+resumes from the last finished stage).
+
+Under torchrun (ctx.world) every rank walks the same stages: distill runs on all of them (DDP);
+every other stage, and the feedback loop's choice of another student, runs on rank 0 alone while
+the others wait, then read the state it wrote (edgekd/training/distributed.py `on_main`)."""
 
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ log = logging.getLogger(__name__)
 # The one place that says which stages exist and in what order. Each is edgekd/<name>/stage.py
 # with `run(ctx) -> its typed result` (edgekd/results.py) and `summary(result) -> str` for its end line.
 STAGES = ("search", "distill", "export", "bench", "report")
+# The stages every torchrun rank runs together; rank 0 runs the others alone.
+SHARED_STAGES = ("distill",)
 
 
 def run_pipeline(ctx: RunContext, *, until: str | None = None, redo: str | None = None) -> None:
@@ -37,7 +43,12 @@ def run_pipeline(ctx: RunContext, *, until: str | None = None, redo: str | None 
                 redo = None  # once: a re-selection loop must not rerun it again
         # The feedback loop: a shipped artifact that misses the budget sends the run back to the
         # next student on the search's front, a bounded number of times (each attempt is reported).
-        if last < STAGES.index("report") or not _reselect_after_miss(ctx):
+        if last < STAGES.index("report"):
+            return
+        again = ctx.world.on_main(lambda: _reselect_after_miss(ctx), share=True)
+        if not ctx.world.is_main:
+            ctx.reload_state()
+        if not again:
             return
 
 
@@ -60,6 +71,23 @@ def _reselect_after_miss(ctx: RunContext) -> bool:
 
 
 def run_stage(ctx: RunContext, name: str) -> Any:
+    """Run one stage; under torchrun, on every rank (SHARED_STAGES) or on rank 0 alone, with all
+    the cores, while the others wait (they return None and read its result from state.json)."""
+    world = ctx.world
+    if not world.active or name in SHARED_STAGES:
+        return _run_here(ctx, name)
+
+    def alone() -> Any:
+        with world.all_cores():
+            return _run_here(ctx, name)
+
+    result = world.on_main(alone)
+    if not world.is_main:
+        ctx.reload_state()
+    return result
+
+
+def _run_here(ctx: RunContext, name: str) -> Any:
     module = importlib.import_module(f"edgekd.{name}.stage")
     # A stage that runs again invalidates what later stages built from its output.
     for later in STAGES[STAGES.index(name) :]:

@@ -100,6 +100,7 @@ class DistillResult:
     augment: bool
     fp32_checkpoint: str  # relative to the run dir
     feature_kd: dict[str, Any] | None = None
+    processes: int = 1  # torchrun processes that trained the student together (DDP); 1 without torchrun
     # INT8 targets only
     int8_checkpoint: str | None = None
     int8_mode: str | None = None

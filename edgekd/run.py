@@ -5,6 +5,9 @@ Layout of `runs/<name>/`:
     config.json   what was asked (inputs, target, recipe), saved once at creation
     state.json    completed stages with their metrics; rewritten atomically after each stage
     <stage>/      each stage's artifacts
+
+Under torchrun every rank holds a RunContext of the same run dir (`world`); only rank 0 writes
+state.json, the others keep their state in memory and read rank 0's back (`reload_state`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from edgekd.io import write_json, write_text
 from edgekd.results import RESULT_TYPES, from_plain, to_plain
 from edgekd.target import Target, target_from_dict
 from edgekd.training.device import TrainDevice, resolve_device
+from edgekd.training.distributed import SINGLE, World
 from edgekd.version import __version__
 
 log = logging.getLogger(__name__)
@@ -108,6 +112,7 @@ class RunContext:
         self.target: Target = target_from_dict(spec.target)
         self.recipe: Recipe = recipe_from_dict(spec.recipe)
         self._results: dict[str, Any] = {}  # typed stage results, read from state.json on first use
+        self.world: World = SINGLE  # the torchrun processes sharing this run (edgekd/start.py sets it)
 
     # ---- creation and loading -------------------------------------------------------------
     @classmethod
@@ -142,7 +147,13 @@ class RunContext:
         updates the search result in place)."""
         for stage, result in self._results.items():
             self.state.completed[stage] = to_plain(result)
-        write_json(self.run_dir / "state.json", dataclasses.asdict(self.state))
+        if self.world.is_main:  # one writer: torchrun's other ranks read rank 0's file back
+            write_json(self.run_dir / "state.json", dataclasses.asdict(self.state))
+
+    def reload_state(self) -> None:
+        """The state as rank 0 last wrote it (a torchrun rank after a stage that rank 0 ran alone)."""
+        self.state = RunContext.load(self.run_dir).state
+        self._results.clear()
 
     def is_done(self, stage: str) -> bool:
         return stage in self.state.completed
@@ -197,7 +208,7 @@ class RunContext:
 
     @cached_property
     def train_device(self) -> TrainDevice:
-        return resolve_device(self.spec.train_device)
+        return self.world.place(resolve_device(self.spec.train_device))  # under torchrun: this rank's GPU
 
     @cached_property
     def example(self) -> torch.Tensor:

@@ -1,11 +1,13 @@
 """Opening a run: a new run dir from what the user asked (checked before any work, so bad input
 fails fast and leaves nothing half-made), or a resumed one. The command line (edgekd/commands.py)
-and the Python API (edgekd/api.py) both open runs here."""
+and the Python API (edgekd/api.py) both open runs here; under torchrun, through
+`open_on_every_rank`."""
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from edgekd.teacher.hub import is_hub_name
 from edgekd.teacher.loading import teacher_file_facts
 from edgekd.teacher.resolve import check_teacher_accuracy, load_user_teacher
 from edgekd.training.device import check_device_name
+from edgekd.training.distributed import World
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,28 @@ def resume_run(run_dir: str | Path, *, train_device: str | None = None, search_r
         ctx.spec.train_device = train_device
     done = ", ".join(ctx.state.completed) or "none"
     log.info("resuming %s (stages done: %s)", ctx.run_dir, done)
+    return ctx
+
+
+def open_on_every_rank(world: World, open_run: Callable[[], RunContext]) -> RunContext:
+    """The run every torchrun rank works in. Rank 0 opens it (`open_run`: the checks, then a new
+    run dir or a resumed one) while the others wait; they then load the same run dir. Rank 0 names
+    it and sends the name: a default name holds the time, which the ranks would not agree on, and
+    a second rank creating it would find it "already exists". A UserError on rank 0 ends every
+    rank with the same message. Alone, this is `open_run()`."""
+    opened: dict[str, RunContext] = {}
+
+    def open_here() -> tuple[str, str]:
+        opened["ctx"] = open_run()
+        return str(opened["ctx"].run_dir), opened["ctx"].spec.train_device
+
+    run_dir, train_device = world.on_main(open_here, share=True)
+    if world.is_main:
+        ctx = opened["ctx"]
+    else:
+        ctx = RunContext.load(Path(run_dir))
+        ctx.spec.train_device = train_device  # --train-device given to a resumed run
+    ctx.world = world
     return ctx
 
 

@@ -4,7 +4,8 @@ A small dataset (the embedded digits, an IDX folder) keeps its images as one ten
 folder keeps only its file list: images are decoded per batch by a torch DataLoader with worker
 processes, so memory does not grow with the dataset. Both answer the same calls:
 
-- `batches(batch_size, shuffle=..., generator=...)` yields (images, labels, sample indices);
+- `batches(batch_size, shuffle=..., generator=..., shard=...)` yields (images, labels, sample
+  indices); with a `Shard`, only one torchrun rank's part of the order;
 - `images(index)` decodes chosen samples; `head(n)` the first n (calibration, proxies, examples);
 - `subset(n)`, `fingerprint()` (what the caches are keyed by), `input_shape`.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -37,6 +39,32 @@ class ImageSource(Protocol):
 
     @property
     def shape(self) -> tuple[int, int, int]: ...
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One torchrun rank's part of every epoch's order, as torch's DistributedSampler takes it:
+    all ranks draw the same permutation and rank r takes positions r, r + size, r + 2 * size, ...
+    `equal` (training) first drops the last len % size positions, so the shards are disjoint and
+    every rank takes the same number of steps (a different few samples sit out each epoch);
+    without it (evaluation) every sample is in exactly one shard."""
+
+    rank: int
+    size: int
+    equal: bool = True
+
+    def __post_init__(self):
+        if not 0 <= self.rank < self.size:
+            raise ValueError(f"shard rank {self.rank} outside 0..{self.size - 1}")
+
+    def of(self, order: torch.Tensor) -> torch.Tensor:
+        if self.equal:
+            order = order[: len(order) - len(order) % self.size]
+        return order[self.rank :: self.size]
+
+    def length(self, count: int) -> int:
+        """How many of `count` samples this shard holds."""
+        return len(self.of(torch.arange(count)))
 
 
 class TensorImages:
@@ -111,17 +139,20 @@ class Split:
         c, h, w = self.input_shape
         return max(1, min(wanted, int(max_mb * 1e6 // (4 * c * h * w))))
 
-    def batches(self, batch_size: int, *, shuffle: bool = False,
-                generator: torch.Generator | None = None) -> Iterator[Batch]:
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                shard: Shard | None = None) -> Iterator[Batch]:
         """(images, labels, sample indices) batches; the last one may be smaller. Shuffling
         never touches the global RNG: without a generator it uses seed 0, so pass one generator
-        across epochs to get a new order each epoch."""
+        across epochs to get a new order each epoch. With `shard`, only that rank's part of the
+        order (every rank must draw the same order: the same seeded generator on each)."""
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
         if shuffle:
             order = torch.randperm(len(self), generator=generator or torch.Generator().manual_seed(0))
         else:
             order = torch.arange(len(self))
+        if shard is not None:
+            order = shard.of(order)
         for images, index in self.source.stream(order, batch_size, self.workers):
             yield images, self.y[index], index
 

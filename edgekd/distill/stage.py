@@ -15,6 +15,12 @@ INT8 starts from the target quantizer's PTQ, calibrated on distill.calibration (
 first training images; with distill.sensitivity_threshold_pt, layers whose INT8 costs more than
 that are kept in float (edgekd/quantizers/sensitivity.py, report in distill/sensitivity.json).
 distill.mode "qat" then trains it with the same KD loss; "ptq" ships the calibrated model as is.
+
+Under torchrun (ctx.world) this stage runs on every rank: the frozen teacher is replicated on each
+(never wrapped in DDP), the student (and in QAT its fake-quantized copy) trains in DDP on each
+rank's shard of the data (edgekd/training/loop.py). Rank 0 alone resolves the teacher first (it may
+train and cache it), computes missing teacher-output epochs, runs the sensitivity sweep and writes
+the checkpoints, while the others wait and then read what it wrote.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ def run(ctx: RunContext) -> DistillResult:
     data = ctx.data
     arch = ctx.result("search").chosen_arch
     out_dir = ctx.stage_dir("distill")
+    world = ctx.world
+    world.on_main(lambda: ctx.teacher)  # rank 0 may train and cache it; the others then load that
     teacher = ctx.teacher
 
     calibration = calibration_inputs(ctx)  # a bad manifest fails before training, not after
@@ -67,7 +75,7 @@ def run(ctx: RunContext) -> DistillResult:
     # Each augmentation epoch is computed on first use, so early stopping saves the rest.
     teacher_outputs = TeacherOutputCache(
         teacher.model, data.train, k=settings.teacher_top_k or data.num_classes, augmentation=augmentation,
-        n_epochs=max(settings.epochs, settings.qat_epochs), value_dtype=settings.teacher_cache_dtype)
+        n_epochs=max(settings.epochs, settings.qat_epochs), value_dtype=settings.teacher_cache_dtype, world=world)
 
     def kd_loss(logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, epoch: int) -> torch.Tensor:
         loss = objective(logits, teacher_outputs.logits(index, epoch).to(logits.device), labels)
@@ -77,20 +85,21 @@ def run(ctx: RunContext) -> DistillResult:
 
     extra = [features] if features is not None else []
     device = ctx.train_device
-    log.info("distill: training on %s", device.describe())
+    log.info("distill: training on %s%s", device.describe(),
+             f", {world.size} torchrun processes (DDP)" if world.active else "")
     with _watched(features, student):
         fp32 = fit(student, data.train, data.val, kd_loss, epochs=settings.epochs, lr=settings.lr,
                    batch_size=settings.batch_size, patience=settings.patience, seed=ctx.spec.seed,
                    weight_decay=settings.weight_decay, desc="distill fp32", extra_modules=extra,
                    augment=teacher_outputs.inputs, device=device,
-                   max_steps_per_epoch=settings.max_steps_per_epoch)
+                   max_steps_per_epoch=settings.max_steps_per_epoch, world=world)
     teacher.model.to("cpu")  # a feature loss moved it to the training device
-    save_torch(student.state_dict(), out_dir / FP32_CHECKPOINT)
+    world.on_main(lambda: save_torch(student.state_dict(), out_dir / FP32_CHECKPOINT))
     result = DistillResult(
         arch=arch["name"], teacher_val_accuracy=teacher.val_accuracy, fp32_val_accuracy=fp32.best_val_accuracy,
         fp32_epochs=fp32.epochs_run, fp32_history=fp32.history, loss=settings.loss, init=init,
         teacher_cache=str(teacher_outputs.directory), augment=settings.augment,
-        fp32_checkpoint=f"distill/{FP32_CHECKPOINT}",
+        fp32_checkpoint=f"distill/{FP32_CHECKPOINT}", processes=world.size,
     )
     if features is not None:
         result.feature_kd = {"loss": features.kind, "weight": features.weight,
@@ -98,7 +107,7 @@ def run(ctx: RunContext) -> DistillResult:
     if ctx.target.precision == "int8":
         quantizer = get_quantizer(ctx.target.quantizer)
         int8_model = quantize_student(ctx, student, calibration, result)  # a copy: student stays fp32
-        result.int8_ptq_val_accuracy = evaluate_accuracy(int8_model, data.val)
+        result.int8_ptq_val_accuracy = evaluate_accuracy(int8_model, data.val, world=world)
         result.int8_mode, result.quantizer = settings.mode, ctx.target.quantizer
         result.calibration = settings.calibration or f"first {len(calibration)} training images"
         if settings.mode == "qat":
@@ -108,13 +117,13 @@ def run(ctx: RunContext) -> DistillResult:
                           batch_size=settings.batch_size, patience=settings.patience, seed=ctx.spec.seed,
                           weight_decay=settings.weight_decay, desc="distill int8 (QAT)", extra_modules=extra,
                           augment=teacher_outputs.inputs, device=qat_device,
-                          max_steps_per_epoch=settings.max_steps_per_epoch)
+                          max_steps_per_epoch=settings.max_steps_per_epoch, world=world)
             teacher.model.to("cpu")
             result.int8_val_accuracy, result.int8_epochs, result.int8_history = (
                 qat.best_val_accuracy, qat.epochs_run, qat.history)
         else:
             result.int8_val_accuracy, result.int8_epochs, result.int8_history = result.int8_ptq_val_accuracy, 0, []
-        quantizer.save_int8(int8_model, out_dir / INT8_CHECKPOINT)
+        world.on_main(lambda: quantizer.save_int8(int8_model, out_dir / INT8_CHECKPOINT))
         result.int8_checkpoint = f"distill/{INT8_CHECKPOINT}"
     if features is not None:
         features.close()
@@ -151,16 +160,27 @@ def calibration_inputs(ctx: RunContext) -> torch.Tensor:
 def quantize_student(ctx: RunContext, student: torch.nn.Module, calibration: torch.Tensor,
                      result: DistillResult) -> torch.nn.Module:
     """The target quantizer's PTQ of the student; with a sensitivity threshold, the layers whose
-    INT8 costs more than it stay float (report: distill/sensitivity.json)."""
+    INT8 costs more than it stay float (report: distill/sensitivity.json). Under torchrun rank 0
+    alone runs the sweep (it writes files and times latency); the other ranks quantize with the
+    layers it kept in float (DDP then gives them rank 0's calibrated ranges)."""
     settings = ctx.recipe.distill
+    quantizer = get_quantizer(ctx.target.quantizer)
     if settings.sensitivity_threshold_pt is None:
-        return get_quantizer(ctx.target.quantizer).prepare_int8(student, calibration)
+        return quantizer.prepare_int8(student, calibration)
     from edgekd.quantizers.sensitivity import ptq_with_sensitivity
 
-    model, report = ptq_with_sensitivity(
-        student, calibration, ctx.data.val, target=ctx.target, threshold_pt=settings.sensitivity_threshold_pt,
-        layers=settings.sensitivity_layers, workdir=ctx.stage_dir("distill") / "sensitivity")
-    write_json(ctx.stage_dir("distill") / "sensitivity.json", report)
+    swept: dict[str, torch.nn.Module] = {}
+
+    def sweep() -> dict[str, Any]:
+        swept["model"], report = ptq_with_sensitivity(
+            student, calibration, ctx.data.val, target=ctx.target, threshold_pt=settings.sensitivity_threshold_pt,
+            layers=settings.sensitivity_layers, workdir=ctx.stage_dir("distill") / "sensitivity")
+        write_json(ctx.stage_dir("distill") / "sensitivity.json", report)
+        return report
+
+    report = ctx.world.on_main(sweep, share=True)
+    model = (swept["model"] if "model" in swept
+             else quantizer.prepare_int8(student, calibration, exclude=report["excluded"]))
     result.int8_excluded = report["excluded"]
     result.sensitivity = {"threshold_pt": settings.sensitivity_threshold_pt, "excluded": report["excluded"],
                           "latency": report.get("latency")}

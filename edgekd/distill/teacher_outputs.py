@@ -33,6 +33,10 @@ epochs: epoch e's file is the same whatever the total, so a longer run reuses a 
 files. Each file is written to a temporary name and renamed, so an interrupted write never
 leaves a corrupt file; a file that fails to load or whose metadata or shapes disagree with the
 key is recomputed with a warning.
+
+Under torchrun (`world`) rank 0 loads or computes each epoch while the other ranks wait, then they
+read its file: the teacher runs on one rank only, and no two processes write one file. A rank that
+does not find the file (another machine, whose cache is its own) computes it for itself.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from edgekd.data.augment import Augmentation
 from edgekd.errors import UserError
 from edgekd.io import atomic_write, cache_dir, fingerprint_model
 from edgekd.measure import progress
+from edgekd.training.distributed import SINGLE, World
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,7 @@ class TeacherOutputCache:
         data_fingerprint: str | None = None,
         root: str | Path | None = None,
         batch_size: int = 512,
+        world: World = SINGLE,
     ):
         if k < 1:
             raise UserError(f"teacher cache: k (top-k classes kept) must be at least 1, got {k}")
@@ -105,6 +111,7 @@ class TeacherOutputCache:
             x = Split(x, torch.zeros(len(x), dtype=torch.int64))
         self.teacher, self.split, self.k, self.value_dtype = teacher, x, k, value_dtype
         self.batch_size = batch_size
+        self.world = world
         height, width = x.input_shape[1:]
         # An augmentation that changes nothing is no augmentation: one epoch, keyed as none.
         if augmentation is not None and augmentation.is_identity(height, width):
@@ -186,6 +193,17 @@ class TeacherOutputCache:
         return values[rows].float(), indices[rows].long(), rest[rows]
 
     def _load_or_compute(self, slot: int, *, keep: bool):
+        if not self.world.active:
+            return self._load_or_compute_here(slot, keep=keep)
+        arrays = self.world.on_main(lambda: self._load_or_compute_here(slot, keep=keep))
+        if self.world.is_main:
+            return arrays
+        if not keep and self.path(slot).is_file():
+            return None
+        # Read rank 0's file; computed here only where it is missing (another machine's cache).
+        return self._load_or_compute_here(slot, keep=keep)
+
+    def _load_or_compute_here(self, slot: int, *, keep: bool):
         path = self.path(slot)
         if path.is_file():
             try:

@@ -1,5 +1,10 @@
 """Accuracy and outputs of a torch model on a split, batch by batch (a split may stream from disk),
-on the device the model's weights are on."""
+on the device the model's weights are on.
+
+Under torchrun (`world`), each rank counts the correct predictions on its shard of the split and
+the counts are summed: every rank gets the same accuracy, exactly the one a single process would
+compute with the same weights, in 1/N of the time. The ranks must hold equal weights and buffers
+(edgekd/training/loop.py makes sure)."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import torch
 from torch import nn
 
 from edgekd.data import Split
+from edgekd.training.distributed import SINGLE, World
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -14,17 +20,19 @@ def model_device(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def evaluate_accuracy(model: nn.Module, split: Split, batch_size: int = 256) -> float:
+def evaluate_accuracy(model: nn.Module, split: Split, batch_size: int = 256, *, world: World = SINGLE) -> float:
     was_training = model.training
     model.eval()
     device = model_device(model)
-    correct = 0
+    correct, counted = 0, 0
     with torch.no_grad():
-        for images, labels, _ in split.batches(split.inference_batch(batch_size)):
+        for images, labels, _ in split.batches(split.inference_batch(batch_size), shard=world.shard(equal=False)):
             logits = model(images.to(device, non_blocking=True))
             correct += int((logits.argmax(1).cpu() == labels).sum())
+            counted += len(labels)
     model.train(was_training)
-    return correct / max(1, len(split))
+    correct, counted = world.sum([correct, counted])
+    return correct / max(1, counted)
 
 
 def predict_logits(model: nn.Module, x: torch.Tensor | Split, batch_size: int = 256) -> torch.Tensor:

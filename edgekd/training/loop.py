@@ -8,6 +8,15 @@ part of the model. Early stopping keeps the weights with the best validation acc
 
 The model trains on `device` (edgekd/training/device.py) and is handed back on the CPU: export,
 quantizer calibration and saving always start from a CPU copy.
+
+Under torchrun (`world`, edgekd/training/distributed.py) the model and `extra_modules` train in
+DistributedDataParallel. Every rank draws the same order each epoch from the same seeded generator
+and takes its shard (DistributedSampler's split with set_epoch semantics: a new order each epoch,
+disjoint shards, the same number of steps on every rank), batch_size / N samples a step, so one
+optimizer step still sees batch_size samples as in one process. After each epoch every rank takes
+rank 0's buffers (BatchNorm statistics) and validation is counted over shards and summed: all ranks
+see the same accuracy with the same weights, so early stopping and the best epoch agree without a
+broadcast, and each rank keeps the same best weights.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from edgekd import interrupt
 from edgekd.data import Split
 from edgekd.measure import progress
 from edgekd.training.device import CPU, TrainDevice
+from edgekd.training.distributed import SINGLE, World
 from edgekd.training.evaluate import evaluate_accuracy
 
 log = logging.getLogger(__name__)
@@ -61,6 +71,7 @@ def fit(
     augment: AugmentFn | None = None,
     device: TrainDevice = CPU,
     max_steps_per_epoch: int | None = None,
+    world: World = SINGLE,
 ) -> FitResult:
     """AdamW with cosine decay; stops after `patience` epochs without a better val accuracy and
     leaves the model holding its best weights, on the CPU. `extra_modules` are trained in the same
@@ -70,6 +81,7 @@ def fit(
     model.to(device.device)
     for module in extra_modules:
         module.to(device.device)
+    trained = world.wrap(model, extra_modules, device.device)  # `model` itself in one process
     parameters = list(model.parameters()) + [p for m in extra_modules for p in m.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
@@ -77,28 +89,31 @@ def fit(
     best_accuracy, best_epoch, best_state = -1.0, -1, None
     history: list[dict[str, float]] = []
     epoch, seen, started = 0, 0, time.perf_counter()
+    rank_batch, shard = world.batch_share(batch_size), world.shard()
+    samples = shard.length(len(train)) if shard is not None else len(train)
     for epoch in range(1, epochs + 1):
         model.train()
         for module in extra_modules:
             module.train()
         total_loss, batches = 0.0, 0
-        steps = (len(train) + batch_size - 1) // batch_size
+        steps = (samples + rank_batch - 1) // rank_batch
         if max_steps_per_epoch is not None:
             steps = min(steps, max_steps_per_epoch)
         for step, (images, labels, index) in enumerate(progress(
-                train.batches(batch_size, shuffle=True, generator=generator), desc=f"{desc} epoch {epoch}/{epochs}",
+                train.batches(rank_batch, shuffle=True, generator=generator, shard=shard),
+                desc=f"{desc} epoch {epoch}/{epochs}",
                 total=steps)):
             if step >= steps:
                 break  # a capped epoch: each epoch still draws a new random subset
             interrupt.check()
             if len(index) < 2:  # BatchNorm cannot train on a batch of one
-                continue
+                continue  # (shards have equal lengths: every rank skips the same step)
             images = images.to(device.device, non_blocking=True)
             labels = labels.to(device.device, non_blocking=True)
             if augment is not None:
                 images = augment(images, index, epoch - 1)
             with device.autocast():
-                loss = loss_fn(model(images), labels, index, epoch - 1)
+                loss = loss_fn(trained(images), labels, index, epoch - 1)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -111,7 +126,9 @@ def fit(
             batches += 1
             seen += len(index)
         scheduler.step()
-        accuracy = evaluate_accuracy(model, val)
+        world.share_buffers_([model, *extra_modules], device.device)
+        accuracy = evaluate_accuracy(model, val, world=world)
+        total_loss, batches = world.sum([total_loss, batches])  # the mean over every rank's batches
         history.append({"epoch": epoch, "loss": total_loss / max(1, batches), "val_accuracy": accuracy})
         # One line per epoch: training takes minutes, and logs (CI, nohup) show no progress bar.
         log.info("%s epoch %d/%d: loss %.4f, val accuracy %.4f",
@@ -126,6 +143,8 @@ def fit(
                      best_epoch)
             break
     elapsed = time.perf_counter() - started
+    del trained  # DDP's gradient hooks go with it
+    seen *= world.size  # every rank trains as many samples
     model.to("cpu")
     for module in extra_modules:
         module.to("cpu")
