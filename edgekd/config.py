@@ -134,10 +134,45 @@ class DistillConfig:
 
 
 @dataclass
+class PruneConfig:
+    """The prune stage (edgekd/prune): structured channels removed from the distilled fp32 student
+    (or 2:4 sparsity on TensorRT targets), accuracy recovered, and a gate on the exported artifact."""
+
+    enabled: bool = False
+    # "search": prune the student search chose, closing the gap to the budget (search leaves
+    # headroom); "teacher": prune the teacher itself (or a teacher-derived student) down to the
+    # budget with no architecture search.
+    flow: str = "search"
+    # Per-group ratios: "latency" (NetAdapt-style: channels go where they buy the most latency on
+    # the target, measured or predicted), or one ratio: "uniform" (every group), "global" /
+    # "isomorphic" (Torch-Pruning's global ranking over all groups / among groups of one structure)
+    allocation: str = "latency"
+    ratio: float = 0.5  # uniform/global/isomorphic: fraction of the channels removed
+    importance: str = "magnitude"  # which channels go: magnitude, taylor, bn_scale or lamp
+    # Latency goal of allocation "latency": unpruned latency / target_speedup; null: the budget
+    target_speedup: float | None = None
+    max_steps: int = 8  # latency: at most this many steps (each times every group once)
+    ignored_layers: list[str] = field(default_factory=list)  # module names kept whole
+    # Recovery: "kd" (the distill loss from the teacher), "labels" (cross-entropy) or "none"
+    recovery: str = "kd"
+    recovery_epochs: int = 4
+    recovery_lr: float = 0.001
+    # The gate, on the exported artifact: roll back unless latency drops by min_speedup (a
+    # fraction) and accuracy drops by at most max_accuracy_drop_pt points
+    min_speedup: float = 0.05
+    max_accuracy_drop_pt: float = 1.0
+    # 2:4 sparsity where the target's kernels run it (Target.sparse_2_4), on layers with at least
+    # sparse_min_channels input (x kernel area) and output channels (NVIDIA/TensorRT#3849)
+    sparse_2_4: bool = False
+    sparse_min_channels: int = 256
+
+
+@dataclass
 class Recipe:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
