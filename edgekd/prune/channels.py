@@ -182,7 +182,10 @@ def _check_plan(plan: Plan, groups: dict[str, ChannelGroup], multiple: int) -> N
 def _apply_checked(model, example_input, plan, groups, analysis, importance, grad_batch):
     """The plan applied to a copy, and {group: reason} for groups left whole because pruning them
     breaks the model. The common case costs one copy; only a failure tries each group alone."""
-    reference = _output_shape(model, example_input)
+    # A layer the eval trace never ran (a training-only head) is invisible to Torch-Pruning: if its
+    # input channels are pruned away, only a training-mode forward pass shows it.
+    check_training = any("did not run" in s.reason for s in analysis.skipped)
+    reference = _output_shapes(model, example_input, check_training)
     try:
         return _apply(model, example_input, plan, groups, analysis, importance, grad_batch, reference), {}
     except _BrokenModel:
@@ -218,11 +221,11 @@ def _apply(model, example_input, plan, groups, analysis, importance, grad_batch,
         with dependency_graph(pruned, example_input, ignored, importance=make_importance(importance),
                               pruning_ratio_dict=ratios) as pruner:
             pruner.step()
-        shape = _output_shape(pruned, example_input)
+        shapes = _output_shapes(pruned, example_input, len(reference) > 1)
     except Exception as exc:  # noqa: BLE001 - a user's forward may hard-code a channel count
         raise _BrokenModel(first_line(exc)) from exc
-    if shape != reference:
-        raise _BrokenModel(f"the output shape changed from {reference} to {shape}")
+    if shapes != reference:
+        raise _BrokenModel(f"the output shape changed from {reference[0]} to {shapes[0]}")
     pruned.zero_grad(set_to_none=True)
     for name, kept in plan.items():
         widths = {layer: layer_width(pruned.get_submodule(layer)) for layer in groups[name].layers}
@@ -238,12 +241,17 @@ def _exact_ratio(group: ChannelGroup, kept: int) -> float:
     return 1.0 - (kept // group.channel_groups + 0.5) / per_group
 
 
-def _output_shape(model: nn.Module, example_input: torch.Tensor) -> tuple[int, ...]:
+def _output_shapes(model: nn.Module, example_input: torch.Tensor, training_too: bool) -> list[tuple[int, ...]]:
+    """The output shape in eval mode and, with `training_too`, in training mode (on a copy, so that
+    batch norm statistics do not move; a batch of two, which training-mode batch norm needs)."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return tuple(model(example_input).shape)
+            shapes = [tuple(model(example_input).shape)]
+            if training_too:
+                shapes.append(tuple(copy.deepcopy(model).train()(example_input[:1].expand(2, *example_input.shape[1:])).shape[1:]))
+        return shapes
     finally:
         model.train(was_training)
 
