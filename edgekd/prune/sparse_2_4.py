@@ -93,8 +93,17 @@ def sparsify_2_4_(model: nn.Module, layers: Sequence[str]) -> nn.Module:
 
 def fold_masks(model: nn.Module) -> nn.Module:
     """The zeros written into plain nn.Conv2d / nn.Linear weights (ModelOpt's export), for ONNX
-    export; training afterwards would no longer keep them (use `reapply_masks_` then)."""
-    return _modelopt_sparsity().export(model)
+    export; training afterwards would no longer keep them (use `reapply_masks_` then).
+
+    ModelOpt's record of the sparsity modes is dropped from the result: it is a plain torch model
+    now, and ModelOpt refuses to quantize a model holding that record below its root (edgekd's
+    INT8 wrapper puts the network below a root)."""
+    from modelopt.torch.opt.conversion import ModeloptStateManager
+
+    model = _modelopt_sparsity().export(model)
+    if ModeloptStateManager.is_converted(model):
+        ModeloptStateManager.remove_state(model)
+    return model
 
 
 def zero_masks(model: nn.Module, layers: Sequence[str]) -> dict[str, torch.Tensor]:
