@@ -14,7 +14,7 @@ from edgekd.models import build_model
 from edgekd.prune.channels import prune_channels
 from edgekd.prune.groups import layer_width
 from edgekd.prune.latency_guided import latency_guided_plan, match_uniform_ratio
-from edgekd.prune.target_latency import latency_fn_for_target, predicted_latency_fn
+from edgekd.prune.target_latency import latency_fn_for_target, openvino_latency, predicted_latency_fn
 from edgekd.target import load_target
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -93,6 +93,9 @@ def test_latency_function_is_measured_where_the_target_runs_here_and_predicted_e
     tiny = pattern_models()["concat"]
     measured = latency_fn_for_target(load_target("x86-cpu"), (1, 16, 16), "fp32", warmup=2, runs=5)
     ms, source = measured(tiny)
+    assert source == "measured" and ms > 0
+    int8 = openvino_latency((1, 16, 16), precision="int8", warmup=2, runs=5, statistic="min")
+    ms, source = int8(tiny)
     assert source == "measured" and ms > 0
     predicted = latency_fn_for_target(load_target("jetson-orin"), (1, 16, 16), "int8")
     assert predicted(tiny)[1].startswith("predicted")
