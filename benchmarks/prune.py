@@ -89,8 +89,8 @@ STUDENTS = {
                                 _stage(64, 1, 2, True)]},
 }
 
-FULL = {"train": 8000, "val": 2000, "test": 10000, "teacher": "resnet_m", "teacher_epochs": 2,
-        "students": list(STUDENTS), "student_epochs": 3, "ratios": [0.25, 0.5, 0.75],
+FULL = {"train": 8000, "val": 2000, "test": 10000, "teacher": "resnet_m", "teacher_epochs": 5,
+        "students": list(STUDENTS), "student_epochs": 4, "ratios": [0.25, 0.5, 0.75],
         "recovery_epochs": 1, "recovery_lr": 0.001, "lr": 0.003, "batch": 128, "calibration": 300,
         "goal_speedup": 1.5, "max_steps": 8, "step_fraction": 0.125, "search_runs": 30,
         "rounds": 5, "runs": 30, "warmup": 10, "seed": 0,

@@ -9,7 +9,8 @@ the gate that ships a pruned artifact only when it is measurably faster.
 - `target_latency`: latency callables for that search (measured on OpenVINO, or predicted);
 - `sparse_2_4`, `sparse_onnx`: 2:4 masks on the layers TensorRT accelerates, and their check in ONNX;
 - `recovery`: fine-tuning after pruning (KD, labels only, or none) with edgekd.training.fit;
-- `gate`: ship or roll back, from both measurements.
+- `gate`: ship or roll back, from both measurements;
+- `check`: the recipe's `prune` section checked against the target before any work.
 
 Importing this package imports nothing heavy; Torch-Pruning and ModelOpt load with their modules.
 """
