@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import MissingDependencyError, UserError
+from edgekd.target import Target, why_not_measurable
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,15 @@ def _judge(name, out_ch, in_ch, reduction, groups, min_channels, excluded) -> Sp
         return SparseLayer(name, False, f"output channels {out_ch}, input channels x kernel area {reduction}: "
                                         f"below {min_channels}, where dense tactics are as fast (NVIDIA/TensorRT#3849)")
     return SparseLayer(name, True, f"output channels {out_ch}, input channels x kernel area {reduction}")
+
+
+def sparse_latency_source(target: Target) -> str:
+    """How the latency of a 2:4 artifact on `target` is labelled: "measured" only where its TensorRT
+    engine runs (here or on the device behind the runner); otherwise NOT_MEASURED, never a
+    prediction, because the analytical model knows nothing of which tactics TensorRT picks."""
+    if target.backend != "tensorrt" or not target.sparse_2_4:
+        raise UserError(f"2:4 sparsity runs faster only on TensorRT targets with sparse_2_4; {target.name} is not one")
+    return "measured" if why_not_measurable(target) is None else NOT_MEASURED
 
 
 def sparsify_2_4_(model: nn.Module, layers: Sequence[str]) -> nn.Module:

@@ -13,6 +13,7 @@ from edgekd.prune.sparse_2_4 import (
     fold_masks,
     is_2_4,
     reapply_masks_,
+    sparse_latency_source,
     sparsify_2_4_,
     zero_masks,
 )
@@ -107,6 +108,16 @@ def test_2_4_survives_qdq_int8_export_and_a_lost_pattern_is_caught(tmp_path):
     reapply_masks_(quantized, masks)
     repaired = modelopt_int8.export_onnx(quantized, calibration[:1], tmp_path / "repaired.onnx")
     assert check_onnx_2_4(repaired, shapes).ok
+
+
+def test_2_4_latency_is_not_measured_off_a_tensorrt_host():
+    from edgekd.target import load_target, why_not_measurable
+
+    jetson = load_target("jetson-orin")
+    expected = "measured" if why_not_measurable(jetson) is None else "not measured"
+    assert sparse_latency_source(jetson) == expected
+    with pytest.raises(UserError, match="only on TensorRT"):
+        sparse_latency_source(load_target("x86-cpu"))
 
 
 def test_missing_layers_and_bad_names():
