@@ -226,7 +226,7 @@ def recovered(bench: Bench, student: str, plan_id: str, mode: str, model: nn.Mod
     s = bench.settings
     multiple = load_target("x86-cpu").channel_multiple
     pruned = prune_channels(model, example, channel_multiple=multiple, plan=plan).model if plan else copy.deepcopy(model)
-    if mode == "none" or not plan:
+    if mode == "none":
         return pruned.eval()
     path = bench.work / f"{student}-{plan_id}-{mode}.pt"
     if path.is_file():
@@ -303,7 +303,9 @@ def run(bench: Bench) -> None:
                 bench.save_row(f"plan:{student}:{plan_id}", {"plan": plan})
                 # The three recoveries for the uniform ratios; KD (the stage's default) and none for the
                 # latency-guided plan and its uniform twin at the same latency.
-                modes = (["none"] if plan_id == "unpruned" else
+                # The unpruned student also gets the recovery's extra KD epoch: the control that
+                # separates what pruning costs from what one more epoch of training gains.
+                modes = (["none", "kd"] if plan_id == "unpruned" else
                          ["kd", "labels", "none"] if plan_id in ratio_ids else ["kd", "none"])
                 for mode in modes:
                     key = f"accuracy:{student}:{plan_id}:{mode}"
