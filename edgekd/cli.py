@@ -26,6 +26,8 @@ log = logging.getLogger("edgekd")
 STAGE_HELP = {
     "search": "pick the student architecture that fits the latency budget on the target",
     "distill": "train the student from the teacher (KD), quantization-aware when the target runs INT8",
+    "prune": "remove channels (or 2:4 sparsity on TensorRT) where the device gets faster; off unless "
+             "--set prune.enabled=true",
     "export": "write the target runtime's artifacts (OpenVINO IR, ONNX) with metadata",
     "bench": "measure latency, throughput, size and accuracy of the exported artifacts on the target",
     "report": "write report.json, report.md and report.html (one self-contained page) in the run dir",
@@ -53,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgekd {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     compress = commands.add_parser(
-        "compress", help="run the whole pipeline: search, distill, export, bench, report",
+        "compress", help="run the whole pipeline: search, distill, prune, export, bench, report",
         description="Run the whole pipeline: " + ", ".join(STAGE_HELP) + ".",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -231,11 +231,50 @@ class DistillConfig:
 
 
 @dataclass
+class PruneConfig:
+    """The prune stage (edgekd/prune/stage.py): structured channels removed from the distilled fp32
+    student (or from the teacher), or 2:4 sparsity on TensorRT targets; accuracy recovered by KD; on
+    INT8 targets QAT of the pruned student; and a gate on the exported, measured artifacts."""
+
+    enabled: bool = False
+    # "search": prune the student the search chose, closing the gap to the budget; "teacher": prune
+    # a copy of the teacher itself down to the budget, and ship it when it is more accurate than
+    # the searched student at a latency within the budget (both are measured and reported)
+    flow: str = one_of(("search", "teacher"), default="search")
+    # Per-group ratios: "latency" (NetAdapt-style: channels go where they buy the most latency on
+    # the target, measured or predicted), or one ratio: "uniform" (every group), "global" /
+    # "isomorphic" (Torch-Pruning's global ranking over all groups / among groups of one structure)
+    allocation: str = one_of(("latency", "uniform", "global", "isomorphic"), default="latency")
+    ratio: float = between(0.0, 0.95, default=0.5)  # uniform/global/isomorphic: fraction of channels removed
+    importance: str = one_of(("magnitude", "taylor", "bn_scale", "lamp"), default="magnitude")
+    # Latency goal of allocation "latency": unpruned latency / target_speedup; null: the budget
+    # (flow "search": the searched student's latency / 1.25 when it already meets the budget)
+    target_speedup: float | None = above(1.0, default=None)
+    max_steps: int = at_least(1, default=8)  # latency: at most this many steps (each times every group once)
+    step_fraction: float = between(0.01, 0.5, default=0.125)  # latency: a group's channels removed per step
+    ignored_layers: list[str] = field(default_factory=list)  # module names kept whole
+    # Recovery: "kd" (the distill loss from the teacher, its cached outputs), "labels" or "none"
+    recovery: str = one_of(("kd", "labels", "none"), default="kd")
+    recovery_epochs: int = at_least(0, default=4)
+    recovery_lr: float = above(0.0, default=0.001)
+    # The gate, on the exported artifacts: roll back unless latency drops by min_speedup (a
+    # fraction) and accuracy (val split, on the artifact) drops by at most max_accuracy_drop_pt points
+    min_speedup: float = between(0.0, 0.99, default=0.05)
+    max_accuracy_drop_pt: float = at_least(0.0, default=1.0)
+    gate_rounds: int = at_least(1, default=3)  # interleaved timing rounds of both artifacts (bench's warmup/runs)
+    # 2:4 sparsity where the target's kernels run it (Target.sparse_2_4), on layers with at least
+    # sparse_min_channels input (x kernel area) and output channels (NVIDIA/TensorRT#3849)
+    sparse_2_4: bool = False
+    sparse_min_channels: int = at_least(1, default=256)
+
+
+@dataclass
 class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
@@ -335,6 +374,8 @@ def apply_override(recipe: Recipe, item: str) -> None:
     raw = raw.strip()
     if raw.lower() in ("null", "none"):
         value = None  # YAML's spelling and Python's both mean "unset"
+    elif raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"  # YAML's spelling of a bool, as in a recipe file
     else:
         try:
             value = ast.literal_eval(raw)

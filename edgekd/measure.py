@@ -6,6 +6,7 @@ No backend imports here: backends hand us a zero-argument callable and we time i
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -129,7 +130,32 @@ def time_calls(
 
 
 def cpu_name() -> str:
-    """The CPU, or the board where the kernel names one (Jetson), for the measurement record."""
+    """The CPU, or the board where the kernel names one (Jetson), for the measurement record; on
+    x86 with its core count and vector extensions ("AMD EPYC (2 cores, AVX-512 VNNI)"), since
+    machines sold under one name differ in exactly what decides INT8 and fp32 latency."""
+    name = _cpu_model()
+    features = _x86_features()
+    return f"{name} ({os.cpu_count()} cores, {features})" if features else name
+
+
+def _x86_features() -> str:
+    """The vector extensions that change CPU inference latency most, from /proc/cpuinfo's flags:
+    AMX, AVX-512 VNNI, AVX-512, AVX2 only. Empty off x86 Linux."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return ""
+    has = set(flags)
+    found = [label for flag, label in (("amx_tile", "AMX"), ("avx512_vnni", "AVX-512 VNNI")) if flag in has]
+    if not found and "avx512f" in has:
+        found = ["AVX-512, no VNNI"]
+    if not found and "avx2" in has:
+        found = ["AVX2 only"]
+    return ", ".join(found)
+
+
+def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # The one place that says which stages exist and in what order. Each is edgekd/<name>/stage.py
 # with `run(ctx) -> its typed result` (edgekd/results.py) and `summary(result) -> str` for its end line.
-STAGES = ("search", "distill", "export", "bench", "report")
+STAGES = ("search", "distill", "prune", "export", "bench", "report")
 # The stages every torchrun rank runs together; rank 0 runs the others alone.
 SHARED_STAGES = ("distill",)
 

@@ -115,6 +115,48 @@ class DistillResult:
     seconds: float = 0.0
 
 
+# ---- prune ------------------------------------------------------------------------------------
+
+
+@dataclass
+class GateSide:
+    """One artifact the prune gate compared: its latency on the target (None: not measured here,
+    e.g. a 2:4 engine off a TensorRT host) and its accuracy on the validation split."""
+
+    name: str
+    latency: Latency | None
+    accuracy: float
+    accuracy_source: str
+    not_measured: str | None = None
+
+
+@dataclass
+class PruneResult:
+    """What the prune stage did, and whether the pruned model ships (`shipped`): the gate compares
+    the pruned artifact with the unpruned one on the target; `rolled_back` holds the reason when
+    it did not pay, and then the unpruned student ships."""
+
+    ran: bool  # False: prune.enabled and prune.sparse_2_4 are off
+    reason: str  # one line: what happened, with both measurements
+    flow: str | None = None  # "search" (the searched student pruned) or "teacher" (the teacher pruned)
+    method: str | None = None  # "channels" (structured, Torch-Pruning) or "2:4" (sparsity)
+    shipped: bool = False
+    rolled_back: str | None = None
+    arch: dict[str, Any] | None = None  # the record the pruned model narrows (the student's, or the teacher's)
+    plan: dict[str, Any] = field(default_factory=dict)  # channels before/after, skipped layers, MACs, or 2:4 layers
+    allocation: dict[str, Any] | None = None  # the latency-guided search's steps, goal and stop reason
+    recovery: dict[str, Any] | None = None  # mode, epochs, best val accuracy (fp32 and INT8)
+    baseline: GateSide | None = None  # the unpruned artifact
+    candidate: GateSide | None = None  # the pruned artifact
+    latency_drop: float | None = None  # 1 - candidate / baseline latency (0.3: 30% faster)
+    latency_drop_source: str | None = None
+    accuracy_drop_pt: float | None = None
+    precision: str | None = None  # of the two artifacts compared (the target's deployed precision)
+    fp32_checkpoint: str | None = None  # the pruned float model's weights, relative to the run dir
+    int8_checkpoint: str | None = None  # its QAT model, INT8 targets only
+    seconds: float = 0.0
+
+
 # ---- export -----------------------------------------------------------------------------------
 
 
@@ -157,6 +199,9 @@ class BenchResult:
     models: dict[str, ModelBench]  # teacher, student_fp32, and student_int8 for INT8 targets
     conditions: dict[str, Any]
     not_measured: str | None = None
+    # INT8 against its fp32 twin, by the prune gate's rule (edgekd/prune/gate.py): an INT8 artifact
+    # that is not faster is never shipped silently (a warning, and a finding in the report)
+    int8_gate: dict[str, Any] | None = None
     seconds: float = 0.0
 
     @property
@@ -203,7 +248,7 @@ class ReportResult:
 
 
 RESULT_TYPES: dict[str, type] = {
-    "search": SearchResult, "distill": DistillResult, "export": ExportResult, "bench": BenchResult,
+    "search": SearchResult, "distill": DistillResult, "prune": PruneResult, "export": ExportResult, "bench": BenchResult,
     "report": ReportResult,
 }
 

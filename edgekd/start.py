@@ -68,6 +68,7 @@ def new_run(
     check_space(settings.search)
     make_kd_loss(settings.distill.loss, settings.distill)
     _check_distill(settings.distill)
+    _check_prune(settings.prune, target_spec)
     _check_target_tools(target_spec)
     storage = check_study_storage(storage)
     spec = RunSpec(
@@ -165,6 +166,16 @@ def check_inputs(*, data: Any, teacher: Any, budget_ms: float | None, train_devi
         check_device_name(train_device)
     if teacher_arch is not None and not is_hub_name(teacher_arch):
         resolve_arch(teacher_arch)
+
+
+def _check_prune(settings, target) -> None:
+    from edgekd.prune.check import check_prune_config
+
+    check_prune_config(settings, target)
+    if settings.sparse_2_4:  # ModelOpt computes the masks: missing, say so before any work
+        from edgekd.prune.sparse_2_4 import require_modelopt_sparsity
+
+        require_modelopt_sparsity()
 
 
 def _check_distill(settings) -> None:

@@ -123,6 +123,9 @@ def test_lower_layers_never_import_a_stage_or_the_cli():
 
 
 def test_stages_do_not_import_each_other():
+    """A stage never imports another stage's `stage` module (stages talk through edgekd/results.py),
+    and never anything of a later stage. A later stage may reuse an earlier stage's algorithm, as
+    pruning's recovery reuses distillation's KD loss, teacher-output cache and INT8 training."""
     offenders = []
     for module, targets in GRAPH.items():
         parts = module.split(".")
@@ -131,7 +134,9 @@ def test_stages_do_not_import_each_other():
         for target in targets:
             other = target.split(".")[1] if "." in target else ""
             if other in STAGES and other != parts[1]:
-                offenders.append(f"{module} -> {target}")
+                later = STAGES.index(other) > STAGES.index(parts[1])
+                if later or target == f"edgekd.{other}.stage":
+                    offenders.append(f"{module} -> {target}")
     assert offenders == []
 
 

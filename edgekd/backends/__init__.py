@@ -138,6 +138,22 @@ def artifact_accuracy(backend: Backend, path: Path, split: Any, batch_size: int 
     return correct / max(1, len(split))
 
 
+def accuracy_here(backend: Backend, path: Path, split: Any, model: torch.nn.Module, *,
+                  runtime_here: bool) -> tuple[float, str]:
+    """(top-1 accuracy, what ran) of the artifact at `path` in its runtime; where that runtime is not
+    here, of the closest stand-in that runs here (the backend's, e.g. an engine's ONNX in
+    onnxruntime, else the torch model it was converted from), named in the second value."""
+    if runtime_here and Path(path).exists():
+        return artifact_accuracy(backend, path, split), f"{backend.NAME} artifact"
+    stand_in = backend.accuracy_stand_in(path)
+    if stand_in is not None:
+        runner, file, name = stand_in
+        return artifact_accuracy(runner, file, split), name
+    from edgekd.training import evaluate_accuracy  # torch training helpers, only on this path
+
+    return evaluate_accuracy(model, split), "torch model the artifact was converted from (the runtime is not here)"
+
+
 def require_file(path: Path) -> Path:
     """`path` if it is an existing file, else a UserError naming it."""
     if not path.is_file():

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edgekd.backends import artifact_accuracy, get_backend
+from edgekd.backends import accuracy_here, get_backend
 from edgekd.bench.profile import profile_artifact
 from edgekd.io import write_json
 from edgekd.latency.predicted import predicted_latency
@@ -24,13 +24,13 @@ from edgekd.latency.records import append_record
 from edgekd.latency.source import MEASURED, Latency
 from edgekd.measure import cpu_name
 from edgekd.models import count_macs, count_params
+from edgekd.prune.gate import ArtifactMeasurement, decide
 from edgekd.models.deployed import load_deployed_models
-from edgekd.models.student import is_derived, student_from_record
+from edgekd.models.student import is_derived
 from edgekd.remote import benchmark_on_target
 from edgekd.results import BenchResult, ModelBench, check_budget, to_plain
 from edgekd.run import RunContext
 from edgekd.target import runtime_version, why_not_measurable
-from edgekd.training import evaluate_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,15 @@ def run(ctx: RunContext) -> BenchResult:
     data, target, settings = ctx.data, ctx.target, ctx.recipe.bench
     backend = get_backend(target.backend)
     search, export = ctx.result("search"), ctx.result("export")
-    student_arch = search.chosen_arch
-    student = student_from_record(ctx, student_arch)
+    deployed_models = load_deployed_models(ctx)
+    student, student_arch = deployed_models["student_fp32"][0], deployed_models["student_fp32"][1]
+    pruned = ctx.is_done("prune") and ctx.result("prune").shipped
     teacher_name = (ctx.teacher.arch or {}).get("name", "user model")  # TorchScript teachers have no record
-    # (arch name, params, MACs) of the torch model behind each artifact
+    # (arch name, params, MACs) of the torch model behind each artifact (the pruned one when it shipped)
     counts = {
         "teacher": (teacher_name, count_params(ctx.teacher.model), count_macs(ctx.teacher.model, data.input_shape)),
-        "student": (student_arch["name"], count_params(student), count_macs(student, data.input_shape)),
+        "student": ((student_arch or {}).get("name", "student"), count_params(student),
+                    count_macs(student, data.input_shape)),
     }
     unmeasurable = why_not_measurable(target)
     runtime_here = target.runner == "local" and unmeasurable is None
@@ -54,7 +56,6 @@ def run(ctx: RunContext) -> BenchResult:
                     "accuracy is measured on the closest runnable stand-in", target.name, unmeasurable)
     models: dict[str, ModelBench] = {}
     remote_conditions: dict[str, Any] = {}
-    deployed_models = load_deployed_models(ctx)
     for key, (model, _, precision) in deployed_models.items():
         path = ctx.run_dir / export.artifacts[key]  # where the artifact is, or would be had it been built here
         arch, params, macs = counts["teacher" if key == "teacher" else "student"]
@@ -70,7 +71,7 @@ def run(ctx: RunContext) -> BenchResult:
             # quantizer modules are not layers of the deployed network.
             float_model = deployed_models["student_fp32" if key == "student_int8" else key][0]
             latency, throughput = predicted_latency(target, float_model, tuple(data.input_shape), precision), None
-        accuracy, accuracy_source = _accuracy(ctx, backend, path, model, runtime_here=runtime_here)
+        accuracy, accuracy_source = accuracy_here(backend, path, data.test, model, runtime_here=runtime_here)
         shown = path if path.exists() else backend.timed_path(path)
         size_mb = backend.size_mb(path) if path.exists() else shown.stat().st_size / 1e6
         models[key] = ModelBench(
@@ -82,7 +83,7 @@ def run(ctx: RunContext) -> BenchResult:
         p99 = f"  p99 {latency.p99_ms:.4f} ms" if latency.p99_ms else ""
         log.info("bench: %-13s %s acc %.4f (%s)  p50 %s%s", key, precision, accuracy, accuracy_source, latency, p99)
     result = BenchResult(models=models, conditions=conditions_of(ctx, backend) | remote_conditions,
-                         not_measured=unmeasurable)
+                         not_measured=unmeasurable, int8_gate=int8_against_float(ctx, models))
     check = check_budget(search, result)
     if not check.met:
         log.warning("bench: the deployed student's p50 is %s, over the budget of %.4f ms", check.latency,
@@ -91,7 +92,10 @@ def run(ctx: RunContext) -> BenchResult:
         "budget_ms": check.budget_ms, "budget_met": check.met, "budget_met_source": check.latency.source,
         "speedup_p50": result.speedup, "speedup_p50_source": result.speedup_source})
     # The records hold measurements only: a prediction must not calibrate predictions.
-    if result.deployed.latency.measured and is_derived(student_arch):
+    if result.deployed.latency.measured and pruned:
+        # Its record is the unpruned architecture's: a table keyed by it would learn a wrong latency.
+        log.info("bench: the shipped student is pruned; not added to the %s latency records", target.name)
+    elif result.deployed.latency.measured and is_derived(student_arch):
         # Its record is a recipe applied to this teacher: without the teacher it names no
         # architecture, so nothing that reads the records (the predictors' calibration) could use it.
         log.info("bench: %s is cut from the teacher module; not added to the %s latency records",
@@ -99,6 +103,23 @@ def run(ctx: RunContext) -> BenchResult:
     elif result.deployed.latency.measured:
         record_measurement(ctx, student_arch, result.deployed, result.conditions)
     return result
+
+
+def int8_against_float(ctx: RunContext, models: dict[str, ModelBench]) -> dict[str, Any] | None:
+    """The gate's rule applied to INT8: is the INT8 artifact faster than its float twin by
+    prune.min_speedup, within prune.max_accuracy_drop_pt? The INT8 artifact still ships (it is the
+    target's precision), but a failed check is a warning here and a finding in the report."""
+    if "student_int8" not in models:
+        return None
+    settings = ctx.recipe.prune
+    sides = [ArtifactMeasurement(f"student {m.precision} ({m.artifact})", m.latency.ms, m.latency.source, m.accuracy)
+             for m in (models["student_fp32"], models["student_int8"])]
+    decision = decide(*sides, min_speedup=settings.min_speedup, max_accuracy_drop_pt=settings.max_accuracy_drop_pt,
+                      step="INT8", rollback=False)
+    if not decision.ship_candidate:
+        log.warning("bench: %s (the INT8 artifact still ships: it is %s's precision; set the target's "
+                    "precision to fp32 to ship float)", decision.reason, ctx.target.name)
+    return decision.to_dict()
 
 
 def _measure(ctx: RunContext, backend, path: Path) -> tuple[Latency, float, dict[str, Any] | None, list | None]:
@@ -114,19 +135,6 @@ def _measure(ctx: RunContext, backend, path: Path) -> tuple[Latency, float, dict
     latency = Latency(stats.p50_ms, MEASURED, p90_ms=stats.p90_ms, p99_ms=stats.p99_ms, device=device or target.runner)
     conditions = stats.conditions() if hasattr(stats, "conditions") else None
     return latency, round(batch / (bulk.p50_ms / 1000.0), 1), conditions, getattr(stats, "samples_ms", None)
-
-
-def _accuracy(ctx: RunContext, backend, path: Path, model, *, runtime_here: bool) -> tuple[float, str]:
-    """Test accuracy of the artifact in the target runtime; where that runtime is not here, of the
-    closest stand-in that runs here (the backend's, else the torch model), named in the source."""
-    test = ctx.data.test
-    if runtime_here and path.exists():
-        return artifact_accuracy(backend, path, test), f"{backend.NAME} artifact"
-    stand_in = backend.accuracy_stand_in(path)
-    if stand_in is not None:
-        runner, file, name = stand_in
-        return artifact_accuracy(runner, file, test), name
-    return evaluate_accuracy(model, test), "torch model the artifact was converted from (the runtime is not here)"
 
 
 def record_measurement(ctx: RunContext, arch: dict[str, Any], deployed: ModelBench, conditions: dict[str, Any]) -> None:

@@ -26,26 +26,23 @@ the checkpoints, while the others wait and then read what it wrote.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from typing import Any
 
 import torch
 
-from edgekd.data.augment import Augmentation
-from edgekd.data.calibration import load_calibration
 from edgekd.distill.feature_distiller import FeatureDistiller
 from edgekd.distill.feature_losses import choose_layer_pairs
+from edgekd.distill.int8 import calibration_inputs, qat_device_for, quantize_student
 from edgekd.distill.losses import make_kd_loss
 from edgekd.distill.student_init import check_init, initialise_student_
-from edgekd.distill.teacher_outputs import TeacherOutputCache
-from edgekd.io import first_line, save_torch, write_json
+from edgekd.distill.teacher_outputs import teacher_outputs_for_run
+from edgekd.io import save_torch
 from edgekd.models.student import student_from_record
 from edgekd.quantizers import get_quantizer
 from edgekd.results import DistillResult
 from edgekd.run import RunContext
-from edgekd.training import TrainDevice, evaluate_accuracy, fit
-from edgekd.training.device import CPU
+from edgekd.training import evaluate_accuracy, fit
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +66,7 @@ def run(ctx: RunContext) -> DistillResult:
     student = student_from_record(ctx, arch)
     init = initialise_student_(student, arch, settings.init, teacher.model, teacher.arch, data.train.head(2))
     features = make_feature_distiller(settings, student, teacher.model, data)  # bad layer names fail here
-    crop = tuple(settings.augment_crop_scale) if settings.augment_crop_scale else None
-    augmentation = (Augmentation(seed=ctx.spec.seed, shift_px=settings.augment_shift_px, crop_scale=crop,
-                                 hflip=settings.augment_hflip) if settings.augment else None)
-    # Each augmentation epoch is computed on first use, so early stopping saves the rest.
-    teacher_outputs = TeacherOutputCache(
-        teacher.model, data.train, k=settings.teacher_top_k or data.num_classes, augmentation=augmentation,
-        n_epochs=max(settings.epochs, settings.qat_epochs), value_dtype=settings.teacher_cache_dtype, world=world)
+    teacher_outputs = teacher_outputs_for_run(ctx, teacher.model, max(settings.epochs, settings.qat_epochs))
 
     def kd_loss(logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, epoch: int) -> torch.Tensor:
         loss = objective(logits, teacher_outputs.logits(index, epoch).to(logits.device), labels)
@@ -128,63 +119,6 @@ def run(ctx: RunContext) -> DistillResult:
     if features is not None:
         features.close()
     return result
-
-
-def qat_device_for(model: torch.nn.Module, device: TrainDevice, quantizer: str, example: torch.Tensor) -> TrainDevice:
-    """The training device when the quantizer's fake-quantized model trains there (one forward and
-    backward step tried on a copy), else the CPU, with a message that says why."""
-    if not device.is_cuda:
-        return device
-    try:
-        trial = copy.deepcopy(model).to(device.device).train()
-        with device.autocast():
-            trial(example.to(device.device)).float().sum().backward()
-        return device
-    except Exception as exc:  # noqa: BLE001 - any failure means: not on this device
-        log.warning("distill: the %s quantizer's QAT does not run on %s (%s); QAT falls back to the CPU", quantizer,
-                    device.device, first_line(exc))
-        return CPU
-    finally:
-        torch.cuda.empty_cache()
-
-
-def calibration_inputs(ctx: RunContext) -> torch.Tensor:
-    """The images INT8 calibrates on: distill.calibration's manifest, else the first
-    distill.calibration_samples training images."""
-    settings, data = ctx.recipe.distill, ctx.data
-    if settings.calibration:
-        return load_calibration(settings.calibration, data.input_shape, crop_fraction=ctx.recipe.data.crop_fraction)
-    return data.train.head(settings.calibration_samples)
-
-
-def quantize_student(ctx: RunContext, student: torch.nn.Module, calibration: torch.Tensor,
-                     result: DistillResult) -> torch.nn.Module:
-    """The target quantizer's PTQ of the student; with a sensitivity threshold, the layers whose
-    INT8 costs more than it stay float (report: distill/sensitivity.json). Under torchrun rank 0
-    alone runs the sweep (it writes files and times latency); the other ranks quantize with the
-    layers it kept in float (DDP then gives them rank 0's calibrated ranges)."""
-    settings = ctx.recipe.distill
-    quantizer = get_quantizer(ctx.target.quantizer)
-    if settings.sensitivity_threshold_pt is None:
-        return quantizer.prepare_int8(student, calibration)
-    from edgekd.quantizers.sensitivity import ptq_with_sensitivity
-
-    swept: dict[str, torch.nn.Module] = {}
-
-    def sweep() -> dict[str, Any]:
-        swept["model"], report = ptq_with_sensitivity(
-            student, calibration, ctx.data.val, target=ctx.target, threshold_pt=settings.sensitivity_threshold_pt,
-            layers=settings.sensitivity_layers, workdir=ctx.stage_dir("distill") / "sensitivity")
-        write_json(ctx.stage_dir("distill") / "sensitivity.json", report)
-        return report
-
-    report = ctx.world.on_main(sweep, share=True)
-    model = (swept["model"] if "model" in swept
-             else quantizer.prepare_int8(student, calibration, exclude=report["excluded"]))
-    result.int8_excluded = report["excluded"]
-    result.sensitivity = {"threshold_pt": settings.sensitivity_threshold_pt, "excluded": report["excluded"],
-                          "latency": report.get("latency")}
-    return model
 
 
 def make_feature_distiller(settings: Any, student: torch.nn.Module, teacher: torch.nn.Module,

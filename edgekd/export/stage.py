@@ -50,13 +50,16 @@ def run(ctx: RunContext) -> ExportResult:
     paths = artifact_paths(ctx)
     ctx.stage_dir("export")
     models = load_deployed_models(ctx)
+    prune = ctx.result("prune") if ctx.is_done("prune") else None
+    sparse = prune is not None and prune.shipped and prune.method == "2:4"
     artifacts: dict[str, str] = {}
     written: dict[str, dict[str, Any]] = {}
     checks: dict[str, Any] = {}
     for key, (model, arch, precision) in models.items():
         quantizer = get_quantizer(target.quantizer) if precision == "int8" else None
         written[key] = backend.write_artifact(
-            model, example, paths[key], precision=precision, metadata=_metadata(ctx, arch, precision, role=key),
+            model, example, paths[key], precision=precision,
+            metadata=_metadata(ctx, arch, precision, role=key) | ({"sparsity": "2:4"} if sparse and key != "teacher" else {}),
             quantizer=quantizer, target=target, max_batch=ctx.recipe.bench.throughput_batch)
         artifacts[key] = str(paths[key].relative_to(ctx.run_dir))  # also where a device builds it later
         if "onnx" in written[key]:  # the file the artifact is built from, where it is built elsewhere
@@ -67,6 +70,8 @@ def run(ctx: RunContext) -> ExportResult:
             log.info("export: %s checked: %s", key, _check_line(check))
         log.info("export: %s -> %s", key, paths[key] if paths[key].exists() else artifacts.get(f"{key}_onnx"))
     details = backend.finish_export(ctx.run_dir, written, target)
+    if sparse:
+        details["sparsity_2_4"] = _check_2_4(ctx, prune, models, written, paths)
     if checks:
         details["artifact_checks"] = checks
     onnx_path = ctx.run_dir / "export" / "student_fp32.onnx"
@@ -75,6 +80,25 @@ def run(ctx: RunContext) -> ExportResult:
     artifacts["student_fp32_onnx"] = str(onnx_path.relative_to(ctx.run_dir))
     return ExportResult(artifacts=artifacts, backend=target.backend, backend_version=runtime_version(backend),
                         details=details)
+
+
+def _check_2_4(ctx: RunContext, prune, models, written, paths) -> dict[str, Any]:
+    """Whether each student ONNX the engines are built from kept the 2:4 pattern of the layers the
+    prune stage sparsified (a Q/DQ export or a graph rewrite could lose it)."""
+    from edgekd.prune.sparse_onnx import check_onnx_2_4
+
+    layers = [row["layer"] for row in prune.plan.get("layers", []) if row.get("sparse")]
+    out: dict[str, Any] = {"layers": layers}
+    for key in ("student_fp32", "student_int8"):
+        if key not in written or "onnx" not in written[key]:
+            continue
+        float_model = models["student_fp32"][0]
+        expected = {name: tuple(float_model.get_submodule(name).weight.shape) for name in layers}
+        check = check_onnx_2_4(paths[key].parent / written[key]["onnx"], expected)
+        out[key] = check.to_dict()
+        (log.info if check.ok else log.warning)("export: %s ONNX 2:4 pattern %s (missing %s, dense %s)", key,
+                                                "kept" if check.ok else "LOST", check.missing, check.dense)
+    return out
 
 
 def _check_line(check: dict[str, Any]) -> str:

@@ -64,7 +64,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {_number(m['throughput_ips'], '.0f')} | {m['size_mb']:.3f} | {m['params']:,} | {macs} |"
         )
     lines += ["", *measurement_notes(report), ""]
-    lines += [*findings(report), *render_search(report.get("search") or {}), *render_stages(report),
+    lines += [*findings(report), *render_search(report.get("search") or {}), *render_prune(report.get("prune")),
+              *render_stages(report),
               *render_conditions(report)]
     return "\n".join(lines)
 
@@ -83,7 +84,15 @@ def findings(report: dict[str, Any]) -> list[str]:
         verb = "measures" if _measured(deployed) else "is predicted at"
         found.append(f"- **Budget missed**: the deployed student {verb} {_model_latency(deployed)} p50, over "
                      f"{format_ms(report['budget_ms'])} ms.")
-    if "student_int8" in models:
+    prune = report.get("prune") or {}
+    if prune.get("rolled_back"):
+        found.append(f"- **Pruning did not pay and was rolled back**: {prune['rolled_back']}.")
+    elif prune.get("shipped"):
+        found.append(f"- **The shipped student is pruned** ({prune['method']}, flow {prune['flow']}): {prune['reason']}.")
+    gate = report.get("int8_gate") or {}
+    if gate and not gate.get("ship_candidate"):
+        found.append(f"- **INT8 does not pay here, and ships because it is the target's precision**: {gate['reason']}.")
+    elif "student_int8" in models:
         int8, fp32 = models["student_int8"], models["student_fp32"]
         if int8["latency_ms"]["p50"] >= fp32["latency_ms"]["p50"]:
             found.append(f"- **INT8 is not faster than fp32** for this student here "
@@ -155,6 +164,43 @@ def render_search(search: dict[str, Any]) -> list[str]:
                      f"| {latency_text(attempt['bench_p50_ms'], attempt.get('bench_latency_source'))} "
                      f"| {attempt['accuracy'] * 100:.2f}% | {'met' if attempt['budget_met'] else 'missed'} |")
     return [*lines, ""]
+
+
+def render_prune(prune: dict[str, Any] | None) -> list[str]:
+    """The prune stage: what was pruned, and the gate's two artifacts side by side."""
+    if not prune or not prune.get("ran"):
+        return []
+    plan = prune.get("plan") or {}
+    lines = ["## Prune", "", f"Flow **{prune['flow']}**, {prune['method']}"
+             + (f", allocation {plan.get('allocation')}, importance {plan.get('importance')}, channels on multiples "
+                f"of {plan.get('channel_multiple')}" if prune["method"] == "channels" else "")
+             + f". Outcome: **{'pruned model ships' if prune['shipped'] else 'ROLLED BACK, the unpruned student ships'}**.",
+             ""]
+    if plan.get("macs_before"):
+        lines.append(f"MACs {plan['macs_before'] / 1e6:.3g}M -> {plan['macs_after'] / 1e6:.3g}M "
+                     f"({plan['mac_reduction']:.0%} fewer); params {plan['params_before']:,} -> {plan['params_after']:,}; "
+                     f"{len(plan.get('plan', {}))} channel group(s) pruned, {len(plan.get('skipped', []))} layer(s) "
+                     "kept whole (prune/prune.json lists each with the reason).")
+    if prune["method"] == "2:4":
+        sparse = [row["layer"] for row in plan.get("layers", []) if row.get("sparse")]
+        lines.append(f"2:4 sparse layers ({len(sparse)} of {len(plan.get('layers', []))}, TensorRT's sparse tactics need "
+                     f"about {plan.get('min_channels')} channels): {', '.join(sparse) or 'none'}.")
+    allocation = prune.get("allocation")
+    if allocation:
+        lines.append(f"Latency-guided plan: {latency_text(allocation['baseline_ms'], allocation['latency_source'])} -> "
+                     f"{latency_text(allocation['final_ms'], allocation['latency_source'])} in {allocation['steps']} "
+                     f"step(s), goal {latency_text(allocation['goal_ms'], allocation['latency_source'])} "
+                     f"({allocation.get('goal_origin')}); {allocation['stop_reason']}.")
+    lines += ["", f"| artifact ({prune.get('precision')}) | latency p50 | val accuracy | accuracy measured on |",
+              "|---|---|---|---|"]
+    for role in ("baseline", "candidate"):
+        side = prune.get(role)
+        if side:
+            latency = (latency_text(side["latency_ms"], side["latency_source"]) if side.get("latency_ms") is not None
+                       else f"not measured ({side.get('not_measured')})")
+            lines.append(f"| {side['name']} | {latency} | {side['accuracy'] * 100:.2f}% | {side['accuracy_source']} |")
+    lines += ["", f"Gate: {prune['reason']}", ""]
+    return lines
 
 
 def render_stages(report: dict[str, Any]) -> list[str]:

@@ -26,6 +26,7 @@ from edgekd.report.markdown import findings, render_markdown
 from edgekd.results import (
     BenchResult,
     ModelBench,
+    PruneResult,
     ReportResult,
     SearchResult,
     check_budget,
@@ -73,6 +74,8 @@ def build_report(ctx: RunContext) -> dict[str, Any]:
         "search": search_summary(search, bench),
         "export": {k: v for k, v in ctx.result("export").details.items() if k in EXPORT_KEYS},
         "models": models_for_report({key: model_entry(model) for key, model in bench.models.items()}),
+        "prune": prune_section(ctx.result("prune")) if ctx.is_done("prune") else None,
+        "int8_gate": bench.int8_gate,
         "stages": {name: stage_summary(ctx.result(name)) for name in ctx.state.completed if name != "report"},
         "conditions": bench.conditions,
         "environment": environment() | environment_extras(bench.conditions),
@@ -81,6 +84,28 @@ def build_report(ctx: RunContext) -> dict[str, Any]:
         "command": ctx.spec.command,
         "run_dir": str(ctx.run_dir),
     }
+
+
+def prune_section(prune: PruneResult) -> dict[str, Any]:
+    """Which flow ran, what was pruned, and the gate's two measurements with their sources."""
+    if not prune.ran:
+        return {"ran": False, "reason": prune.reason}
+    sides = {}
+    for role, side in (("baseline", prune.baseline), ("candidate", prune.candidate)):
+        if side is not None:
+            sides[role] = {"name": side.name, **latency_fields("latency", side.latency), "accuracy": side.accuracy,
+                           "accuracy_source": side.accuracy_source, "not_measured": side.not_measured}
+    plan = {key: value for key, value in prune.plan.items() if key != "layers" or prune.method == "2:4"}
+    allocation = None
+    if prune.allocation:
+        keep = ("baseline_ms", "final_ms", "goal_ms", "latency_source", "stop_reason", "latency_calls",
+                "reached_goal", "goal_origin")
+        allocation = {key: prune.allocation.get(key) for key in keep} | {"steps": len(prune.allocation["steps"])}
+    return {"ran": True, "flow": prune.flow, "method": prune.method, "shipped": prune.shipped,
+            "rolled_back": prune.rolled_back, "reason": prune.reason, "precision": prune.precision,
+            "latency_drop": prune.latency_drop, "latency_drop_source": prune.latency_drop_source,
+            "accuracy_drop_pt": prune.accuracy_drop_pt, "plan": plan, "allocation": allocation,
+            "recovery": prune.recovery, **sides}
 
 
 def model_entry(model: ModelBench) -> dict[str, Any]:

@@ -87,6 +87,12 @@ def test_trtexec_sparsity_timing_cache_workspace(tmp_path):
     assert "--memPoolSize=workspace:1024" in command
 
 
+def test_trtexec_sparsity_is_off_unless_asked_and_joins_int8():
+    assert not any(arg.startswith("--sparsity") for arg in build(precision="int8"))
+    command = build(precision="int8", sparsity=True)
+    assert {"--int8", "--fp16", "--sparsity=enable"} <= set(command)
+
+
 def test_trtexec_rejects_bad_precision_and_batch():
     with pytest.raises(UserError, match="precision must be one of"):
         build(precision="int4")

@@ -310,6 +310,9 @@ def write_artifact(model: torch.nn.Module, example_input: torch.Tensor, path: Pa
     the same engine can be built on the device (finish_export writes them into one script)."""
     path = Path(path)
     onnx_path = onnx_path_for(path)
+    # A 2:4 sparse model (edgekd/prune, metadata "sparsity": "2:4"): trtexec --sparsity=enable lets
+    # TensorRT pick sparse tactics where they are faster.
+    sparsity = metadata.get("sparsity") == "2:4"
     if precision == "int8":
         quantizer.export_onnx(model, example_input, onnx_path, metadata=metadata)
     else:
@@ -318,11 +321,12 @@ def write_artifact(model: torch.nn.Module, example_input: torch.Tensor, path: Pa
     built = target.runner == "local" and runtime_missing() is None
     if built:
         export_from_onnx(onnx_path, path, metadata=metadata, precision=precision,
-                         input_chw=tuple(example_input.shape[1:]), max_batch=max_batch, timing_cache=timing_cache)
+                         input_chw=tuple(example_input.shape[1:]), max_batch=max_batch, timing_cache=timing_cache,
+                         sparsity=sparsity)
     command = build_trtexec_command(
         Path(onnx_path.parent.name) / onnx_path.name, Path(path.parent.name) / path.name, precision=precision,
         input_name=onnx_input_name(onnx_path), input_shape=tuple(example_input.shape), max_batch=max_batch,
-        timing_cache=Path(path.parent.name) / timing_cache.name)
+        timing_cache=Path(path.parent.name) / timing_cache.name, sparsity=sparsity)
     return {"onnx": onnx_path.name, "engine_built": built, "build_command": shlex.join(command)}
 
 
