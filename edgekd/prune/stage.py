@@ -79,8 +79,18 @@ def run(ctx: RunContext) -> PruneResult:
     masks = None
     if settings.sparse_2_4:
         pruned, masks = _sparsify(ctx, base, result)
+        nothing = None if masks else (f"no layer has the {settings.sparse_min_channels} channels TensorRT's sparse "
+                                      "tactics need (prune.sparse_min_channels)")
     else:
         pruned = _prune_channels(ctx, base, result)
+        nothing = None if result.plan.get("plan") else (
+            f"no channel group could be narrowed on the target's channel multiple ({ctx.target.channel_multiple}); "
+            "every layer is listed with the reason in prune/prune.json")
+    if nothing is not None:  # the pruned model is the unpruned one: nothing to train, measure or ship
+        result.reason = result.rolled_back = f"nothing pruned, the unpruned student ships: {nothing}"
+        log.warning("prune: %s", result.reason)
+        write_json(out / "prune.json", {"plan": result.plan, "allocation": result.allocation})
+        return result
     result.recovery = _recover(ctx, pruned, dense=base if settings.sparse_2_4 else None)
     if settings.sparse_2_4:
         from edgekd.prune.sparse_2_4 import fold_masks, zero_masks
