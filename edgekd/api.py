@@ -23,7 +23,7 @@ from edgekd.errors import UserError
 from edgekd.pipeline import STAGES, run_pipeline
 from edgekd.results import check_budget
 from edgekd.run import RunContext
-from edgekd.start import new_run, open_on_every_rank, resume_run
+from edgekd.start import change_recipe_on_resume, new_run, open_on_every_rank, resume_run
 from edgekd.training.distributed import start
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ def compress(
     seed: int = 0,
     train_device: str = "auto",
     until: str | None = None,
+    redo: str | None = None,
 ) -> CompressResult | RunContext:
     """Run the pipeline (up to `until`, a stage name, if given) and return its result.
 
@@ -73,15 +74,22 @@ def compress(
     `resume=True`, `run_dir` is continued from its last finished stage (a torch Dataset or an
     nn.Module teacher must be passed again, as they live in this process only). Bad input raises
     edgekd.errors.UserError before any work. With `until` before "report", the run's context is
-    returned instead of a result."""
+    returned instead of a result. `redo` (with `resume`) runs that stage again, and the later ones,
+    as `edgekd <stage> --resume RUN_DIR` does; `overrides` may then change the recipe sections of
+    that stage and later ones (e.g. redo="prune", overrides=["prune.ratio=0.3"])."""
     if until is not None and until not in STAGES:
         raise UserError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     if resume and run_dir is None:
         raise UserError("resume=True needs the run_dir to continue")
+    if redo is not None and (not resume or redo not in STAGES):
+        raise UserError(f"redo={redo!r} needs resume=True and a stage name ({', '.join(STAGES)})")
 
     def open_run() -> RunContext:
         if resume:
-            return resume_run(run_dir, train_device=train_device)
+            ctx = resume_run(run_dir, train_device=train_device)
+            if overrides:
+                change_recipe_on_resume(ctx, list(overrides), stage=redo or "", command=f"edgekd.compress(redo={redo!r})")
+            return ctx
         runs_dir, name = _split_run_dir(run_dir)
         loaded = None
         if data is not None and not isinstance(data, (str, Path)):
@@ -102,7 +110,7 @@ def compress(
         ctx = open_on_every_rank(world, open_run)
         if resume or not world.is_main:  # rank 0 of a new run has them already
             _attach_in_memory_inputs(ctx, teacher, data)
-        run_pipeline(ctx, until=until)
+        run_pipeline(ctx, until=until, redo=redo)
     finally:
         world.stop()
     if until is not None and until != "report":

@@ -11,7 +11,7 @@ from edgekd.data import load_dataset
 from edgekd.errors import UserError
 from edgekd.run import RunContext
 from edgekd.search.space import check_space, for_input
-from edgekd.start import new_run, resume_run
+from edgekd.start import change_recipe_on_resume, new_run, resume_run
 from edgekd.target import load_target
 
 log = logging.getLogger(__name__)
@@ -27,13 +27,16 @@ def open_run(args: argparse.Namespace, *, command: str) -> RunContext:
     """The run the command line asks for (edgekd/start.py does the work)."""
     if args.resume:
         given = [f"--{name.replace('_', '-')}" for name in _SPEC_OPTIONS
-                 if getattr(args, name) not in (None, False, [])]
+                 if name != "overrides" and getattr(args, name) not in (None, False, [])]
         if given:
             raise UserError(
                 f"--resume continues a run with the options it was started with; drop {', '.join(given)} "
                 "(or start a new run without --resume)"
             )
-        return resume_run(args.resume, train_device=args.train_device, search_runs=args.command == "search")
+        ctx = resume_run(args.resume, train_device=args.train_device, search_runs=args.command == "search")
+        if args.overrides:  # a stage run again with other settings of its own (and of later stages)
+            change_recipe_on_resume(ctx, list(args.overrides), stage=args.command, command=command)
+        return ctx
     if args.image_size is not None and not 4 <= args.image_size <= 1024:
         raise UserError(f"--image-size must be between 4 and 1024, got {args.image_size}")
     return new_run(

@@ -2,7 +2,8 @@
 data and teacher every stage shares.
 
 Layout of `runs/<name>/`:
-    config.json   what was asked (inputs, target, recipe), saved once at creation
+    config.json   what was asked (inputs, target, recipe), saved at creation; a stage subcommand with
+                  --resume and --set may change its own and later stages' recipe sections (`changes`)
     state.json    completed stages with their metrics; rewritten atomically after each stage
     <stage>/      each stage's artifacts
 
@@ -63,6 +64,8 @@ class RunSpec:
     teacher_input_size: int | None = None
     train_device: str = "auto"  # where training runs (--train-device); may change on --resume
     command: str = ""
+    # Recipe changes made on a resume (`edgekd prune --resume RUN --set prune.ratio=0.3`): each command
+    changes: list[str] = field(default_factory=list)
 
 
 # The shape of the stage results in state.json (edgekd/results.py); a run dir written in another
@@ -140,6 +143,15 @@ class RunContext:
                 f"version ({__version__}) cannot read; start a new run (its artifacts stay where they are)"
             )
         return cls(run_dir, spec, state)
+
+    def change_recipe(self, recipe: Recipe, command: str) -> None:
+        """A new recipe for the stages that run again (start.py checks which sections may change),
+        recorded in config.json beside the command that changed it."""
+        self.recipe = recipe
+        self.spec.recipe = dataclasses.asdict(recipe)
+        self.spec.changes.append(command)
+        if self.world.is_main:
+            write_json(self.run_dir / "config.json", dataclasses.asdict(self.spec))
 
     # ---- state ----------------------------------------------------------------------------
     def save_state(self) -> None:

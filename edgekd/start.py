@@ -119,6 +119,34 @@ def resume_run(run_dir: str | Path, *, train_device: str | None = None, search_r
     return ctx
 
 
+def change_recipe_on_resume(ctx: RunContext, overrides: list[str], *, stage: str, command: str) -> None:
+    """`edgekd <stage> --resume RUN --set section.key=value`: the stage runs again, and so do the
+    later ones, so their recipe sections may change; the sections of earlier stages (and data,
+    teacher) may not, since what those stages made stays. Checked like a new run's recipe, before
+    any work; the change is recorded in config.json."""
+    from edgekd.config import apply_override, check_values, recipe_from_dict
+    from edgekd.pipeline import STAGES
+
+    if stage not in STAGES:
+        raise UserError("--set with --resume changes what a stage computes: give it to that stage's subcommand, "
+                        "e.g. `edgekd prune --resume RUN_DIR --set prune.ratio=0.3`")
+    later = STAGES[STAGES.index(stage):]
+    recipe = recipe_from_dict(to_dict(ctx.recipe))
+    for item in overrides:
+        section = item.partition("=")[0].strip().partition(".")[0]
+        if section not in later:
+            allowed = [name for name in later if hasattr(recipe, name)]
+            raise UserError(f"--set {item}: with --resume, `edgekd {stage}` may change only "
+                            f"{', '.join(allowed) or 'no'} recipe section(s) (this stage and later ones run again); "
+                            "start a new run to change the others")
+        apply_override(recipe, item)
+    check_values(recipe, "")
+    _check_distill(recipe.distill)
+    _check_prune(recipe.prune, ctx.target)
+    ctx.change_recipe(recipe, command)
+    log.info("recipe changed for %s and later stages: %s", stage, " ".join(overrides))
+
+
 def open_on_every_rank(world: World, open_run: Callable[[], RunContext]) -> RunContext:
     """The run every torchrun rank works in. Rank 0 opens it (`open_run`: the checks, then a new
     run dir or a resumed one) while the others wait; they then load the same run dir. Rank 0 names

@@ -1,8 +1,10 @@
 """Images decoded from files, one batch at a time, by a torch DataLoader's worker processes.
 
-Decoding follows torchvision's evaluation practice: resize the shorter side to
-image_size / crop_fraction, then take the centre image_size x image_size crop (an image already
-of that size is left alone). Training augmentation happens after, on the batch
+Decoding follows torchvision's evaluation practice exactly: resize the shorter side to
+image_size / crop_fraction, then take the centre image_size x image_size crop, also for an image
+that is already image_size x image_size (torchvision's Resize(256) + CenterCrop(224) zooms a 224-px
+image too; a teacher trained that way sees its objects at that scale). crop_fraction 1.0 leaves
+an image of the right size untouched. Training augmentation happens after, on the batch
 (edgekd/data/augment.py), so that it is deterministic per sample and epoch.
 
 A file that cannot be decoded inside a worker does not raise there (the main process would get
@@ -44,6 +46,10 @@ class Decoding:
         return max(self.image_size, round(self.image_size / self.crop_fraction))
 
 
+# Bumped whenever `decode` turns a file into other pixels: 2 = 224-px images are resized and cropped too.
+DECODER_VERSION = 2
+
+
 def decode(path: Path, decoding: Decoding) -> torch.Tensor:
     """One image file as a (C, H, W) float32 tensor in [0, 1], normalised as the teacher's inputs
     when the decoding says so; UserError naming a broken file."""
@@ -57,7 +63,7 @@ def decode(path: Path, decoding: Decoding) -> torch.Tensor:
         # UnidentifiedImageError is an OSError; SyntaxError/ValueError come from bad headers.
         raise UserError(f"cannot decode image '{path}' ({exc}); fix or delete it") from exc
     size = decoding.image_size
-    if img.size != (size, size):
+    if img.size != (size, size) or decoding.resize_to() != size:
         width, height = img.size
         scale = decoding.resize_to() / min(width, height)
         resized = (max(size, round(width * scale)), max(size, round(height * scale)))
@@ -135,10 +141,12 @@ class FileImages:
             yield images, index
 
     def fingerprint(self) -> str:
-        """The files (path, size, modification time) and the decoding: a changed file or a
-        different image size gives another key."""
+        """The files (path, size, modification time), the decoding settings and DECODER_VERSION: a
+        changed file, image size or decoding rule gives another key (cached teacher outputs of
+        differently decoded images must not be reused)."""
         if self._fingerprint is None:
             digest = hashlib.sha256(json.dumps(asdict(self.decoding), sort_keys=True).encode())
+            digest.update(f"decoder {DECODER_VERSION}\n".encode())
             for path in self.paths:
                 stat = path.stat()
                 digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())

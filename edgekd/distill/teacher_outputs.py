@@ -303,15 +303,16 @@ def _index_dtype(num_classes: int) -> np.dtype:
     return np.dtype(np.int16) if num_classes <= np.iinfo(np.int16).max + 1 else np.dtype(np.int32)
 
 
-def teacher_outputs_for_run(ctx, teacher: nn.Module, n_epochs: int) -> TeacherOutputCache:
+def teacher_outputs_for_run(ctx, teacher: nn.Module, n_epochs: int, *, alone: bool = False) -> TeacherOutputCache:
     """The cache for a run's training split with the recipe's augmentation and top-k: distillation
     fills it, and pruning's KD recovery (same teacher, data and augmentation) reads the same files.
     Each augmentation epoch is computed on first use, so early stopping saves the rest. `ctx` is
-    the run's RunContext."""
+    the run's RunContext; `alone`: only this process uses it (a stage rank 0 runs by itself under
+    torchrun), so it must not wait for the other ranks."""
     settings, data = ctx.recipe.distill, ctx.data
     crop = tuple(settings.augment_crop_scale) if settings.augment_crop_scale else None
     augmentation = (Augmentation(seed=ctx.spec.seed, shift_px=settings.augment_shift_px, crop_scale=crop,
                                  hflip=settings.augment_hflip) if settings.augment else None)
     return TeacherOutputCache(
         teacher, data.train, k=settings.teacher_top_k or data.num_classes, augmentation=augmentation,
-        n_epochs=n_epochs, value_dtype=settings.teacher_cache_dtype, world=ctx.world)
+        n_epochs=n_epochs, value_dtype=settings.teacher_cache_dtype, world=SINGLE if alone else ctx.world)

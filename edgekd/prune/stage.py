@@ -19,7 +19,8 @@ student in fp32 and, on INT8 targets, quantization-aware (the unpruned twin). Th
    within prune.max_accuracy_drop_pt. Otherwise the unpruned student ships and the reason, with
    both measurements, goes to the report.
 
-The export stage then writes the artifacts of whatever ships (edgekd/models/deployed.py).
+The export stage then writes the artifacts of whatever ships (edgekd/models/deployed.py). Under
+torchrun this stage runs on rank 0 alone (like export and bench), in one process.
 """
 
 from __future__ import annotations
@@ -149,8 +150,6 @@ def _prune_channels(ctx: RunContext, model: nn.Module, result: PruneResult) -> n
     example = ctx.example
     analysis = analyse_groups(model, example, channel_multiple=target.channel_multiple,
                               ignored_layers=settings.ignored_layers, importance=settings.importance)
-    for layer in analysis.skipped:
-        log.info("prune: %s is kept whole: %s", layer.name, layer.reason)
     grad_batch = _grad_batch(ctx)
     if settings.allocation == LATENCY_ALLOCATION:
         bench = ctx.recipe.bench
@@ -223,7 +222,7 @@ def _log_plan(pruned: ChannelPruneResult) -> None:
     for name, kept in pruned.plan.items():
         log.info("prune: %s %d -> %d channels", name, pruned.widths[name], kept)
     for layer in pruned.skipped:
-        log.info("prune: skipped %s (%s)", layer.name, layer.reason)
+        log.info("prune: %s kept whole: %s", layer.name, layer.reason)
     log.info("prune: MACs %.3gM -> %.3gM (%.0f%% fewer), params %d -> %d", pruned.macs_before / 1e6,
              pruned.macs_after / 1e6, 100 * pruned.mac_reduction, pruned.params_before, pruned.params_after)
 
@@ -238,7 +237,7 @@ def _recover(ctx: RunContext, model: nn.Module, *, dense: nn.Module | None) -> d
     before = evaluate_accuracy(model, ctx.data.val)
     outputs = None
     if kd and dense is None:  # the teacher's cached outputs, the files distillation wrote
-        outputs = teacher_outputs_for_run(ctx, ctx.teacher.model, settings.recovery_epochs)
+        outputs = teacher_outputs_for_run(ctx, ctx.teacher.model, settings.recovery_epochs, alone=True)
     fitted = recover_(model, ctx.data.train, ctx.data.val, mode=settings.recovery, epochs=settings.recovery_epochs,
                       lr=settings.recovery_lr, batch_size=distill.batch_size, seed=ctx.spec.seed,
                       weight_decay=distill.weight_decay, patience=distill.patience,
@@ -264,7 +263,7 @@ def _quantize(ctx: RunContext, model: nn.Module, result: PruneResult, masks: dic
     summary = {"quantizer": target.quantizer, "mode": distill.mode, "ptq_val_accuracy": None}
     if distill.mode == "qat" and distill.qat_epochs > 0:
         device = qat_device_for(int8, ctx.train_device, target.quantizer, calibration[:2])
-        outputs = teacher_outputs_for_run(ctx, ctx.teacher.model, distill.qat_epochs)
+        outputs = teacher_outputs_for_run(ctx, ctx.teacher.model, distill.qat_epochs, alone=True)
         objective = make_kd_loss(distill.loss, distill)
 
         def kd_loss(logits, labels, index, epoch):

@@ -59,6 +59,22 @@ def test_resize_then_centre_crop_as_torchvision_evaluates(tmp_path):
     assert torch.all(splits.train.head(1) == 1.0)
 
 
+def test_an_image_already_at_the_size_is_resized_and_cropped_as_torchvision_does(tmp_path):
+    # torchvision's Resize(256) + CenterCrop(224) zooms a 224-px image too: a teacher trained that
+    # way must see the same pixels from edgekd (the e2e benchmark found a 14-point gap before).
+    root = tmp_path / "d"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(5):
+            image = Image.new("L", (16, 16), 0)
+            image.paste(255, (4, 4, 12, 12))  # an 8-px white square in the middle
+            image.save(root / name / f"{i}.png")
+    zoomed = load(root, crop_fraction=0.5).train.head(1)[0, 0]  # 16 -> 32, centre 16: the square fills it
+    assert zoomed.shape == (16, 16) and torch.all(zoomed[2:14, 2:14] == 1.0)
+    as_is = load(root, crop_fraction=1.0).train.head(1)[0, 0]  # 1.0: the file's pixels as they are
+    assert torch.all(as_is[4:12, 4:12] == 1.0) and torch.all(as_is[:4] == 0.0)
+
+
 def test_class_order_given_by_the_user_sets_the_labels(tmp_path):
     root = make_folder(tmp_path / "d", [(8, 8)])
     default = load(root)

@@ -56,6 +56,17 @@ def test_the_gate_rolls_back_a_pruning_that_is_not_fast_enough_and_the_unpruned_
     assert "## Prune" in text and "ROLLED BACK" in text and "Pruning did not pay and was rolled back" in text
     assert "ROLLED BACK" in (run / "report.html").read_text()
 
+    # The stage again with other settings of its own: recorded in config.json; export, bench and
+    # report are then to be redone. Earlier stages' settings may not change on a resume.
+    before = _state(run)["prune"]["plan"]["plan"]
+    assert main(["prune", "--resume", str(run), "--set", "prune.ratio=0.5"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"]["prune"]["ratio"] == 0.5 and len(config["changes"]) == 1
+    state = _state(run)
+    assert state["prune"]["plan"]["plan"] != before and "export" not in state and "report" not in state
+    assert main(["prune", "--resume", str(run), "--set", "distill.epochs=5"]) == 2
+    assert main(["compress", "--resume", str(run), "--set", "prune.ratio=0.3"]) == 2
+
 
 def test_a_pruned_student_ships_through_export_and_bench_with_predicted_latency_labelled(tmp_path):
     # jetson-orin is not attached: both artifacts' latencies are predicted, and labelled so; fewer
