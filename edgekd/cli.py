@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(
             stage, help=text,
             description=f"{text[0].upper()}{text[1:]}. Earlier stages that have not run yet run first; "
-            f"with --resume, this stage runs again and later stages are marked to be redone.",
+            f"with --resume, this stage runs again and later stages are marked to be redone, and --set may "
+            f"change the recipe sections of this stage and later ones (e.g. `edgekd prune --resume RUN_DIR "
+            f"--set prune.ratio=0.3`).",
         )
         _add_run_options(sub)
         if stage == "report":

@@ -46,7 +46,7 @@ def test_kill_during_distill_then_resume(tmp_path):
 
     assert main(["compress", "--resume", str(run_dir)]) == 0
     state = json.loads((run_dir / "state.json").read_text())
-    assert list(state["completed"]) == ["search", "distill", "export", "bench", "report"]
+    assert list(state["completed"]) == ["search", "distill", "prune", "export", "bench", "report"]
     assert (run_dir / "search" / "candidates.json").stat().st_mtime_ns == search_mtime  # not redone
     assert (run_dir / "report.json").is_file()
 

@@ -11,6 +11,7 @@ from edgekd.config import SearchConfig
 from edgekd.latency import LatencyTable, table_path
 from edgekd.models.blocks import block_key
 from edgekd.search.space import space_block_specs
+from edgekd.target import load_target
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +54,7 @@ def test_a_complete_table_is_reused(capsys):
 
     space = ["search.families=['resnet']", "search.width_multipliers=[0.25]", "search.depth_options=[1]"]
     settings = SearchConfig(families=["resnet"], width_multipliers=[0.25], depth_options=[1])
-    specs = space_block_specs(settings, 1, 10, (8, 8), 8)
+    specs = space_block_specs(settings, 1, 10, (8, 8), load_target("x86-cpu").channel_multiple)
     table = LatencyTable(target="x86-cpu", backend="openvino", backend_version=get_backend("openvino").version(),
                          precision="int8", input_shape=[1, 8, 8], threads=None, overhead_ms=0.04,
                          blocks={block_key(s): {"spec": s, "ms": 0.01} for s in specs})

@@ -129,17 +129,29 @@ def test_2_4_on_jetson_orin_writes_a_2_4_qdq_onnx_and_the_sparsity_flag(tmp_path
     assert "not measured (" in text and "2:4 sparse layers" in text
 
 
-def test_teacher_flow_prunes_the_teacher_toward_the_budget_and_compares_with_the_searched_student(tmp_path):
-    # Latency-guided (one step, measured on OpenVINO) on the teacher itself.
-    run = _compress(tmp_path, "teacher", "x86-cpu", "prune.flow='teacher'", "prune.max_steps=1",
-                    "prune.target_speedup=1.5")
+def test_teacher_flow_prunes_the_teacher_and_compares_it_with_the_searched_student(tmp_path):
+    run = _compress(tmp_path, "teacher", "x86-cpu", "prune.flow='teacher'", "prune.allocation='uniform'",
+                    "prune.ratio=0.5")
     prune = _state(run)["prune"]
     assert prune["flow"] == "teacher" and prune["arch"]["name"] == "resnet_s pruned"
-    assert prune["allocation"]["latency_source"] == MEASURED and len(prune["allocation"]["steps"]) <= 1
+    assert prune["plan"]["params_after"] < prune["plan"]["params_before"]
     assert prune["baseline"]["name"] == "unpruned student" and prune["candidate"]["name"] == "pruned teacher"
+    assert prune["baseline"]["latency"]["source"] == MEASURED == prune["candidate"]["latency"]["source"]
     assert "flow teacher" in prune["reason"]
     report = (run / "report.md").read_text()
-    assert "Flow **teacher**" in report
+    assert "Flow **teacher**" in report and "| pruned teacher |" in report
+
+
+def test_latency_guided_allocation_in_the_pipeline_is_bounded_and_labelled(tmp_path):
+    # jetson-orin is not attached: each candidate's latency is predicted (deterministic), labelled so.
+    run = _compress(tmp_path, "guided", "jetson-orin", "search.width_multipliers=[2.0]", "prune.max_steps=2",
+                    "prune.target_speedup=1.2", "prune.max_accuracy_drop_pt=100.0")
+    prune = _state(run)["prune"]
+    allocation = prune["allocation"]
+    assert allocation["latency_source"].startswith("predicted") and len(allocation["steps"]) <= 2
+    assert "prune.target_speedup 1.2" in allocation["goal_origin"]
+    text = (run / "report.md").read_text()
+    assert "Latency-guided plan:" in text and "predicted" in text.split("Latency-guided plan:")[1].split("\n")[0]
 
 
 def test_teacher_flow_ships_only_a_more_accurate_pruned_teacher_within_the_budget():

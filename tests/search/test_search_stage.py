@@ -53,7 +53,7 @@ def sizes_of(ctx) -> list[int]:
     from edgekd.search.space import resnet_record
 
     settings = ctx.recipe.search
-    return sorted({count_params(build_model(resnet_record(settings, w, [1, 1, 1], 8), 1, 10))
+    return sorted({count_params(build_model(resnet_record(settings, w, [1, 1, 1], ctx.target.channel_multiple), 1, 10))
                    for w in settings.width_multipliers})
 
 
@@ -95,7 +95,7 @@ def test_an_unreachable_default_budget_is_relaxed_to_the_fastest_students_and_sa
 def test_a_budget_below_the_fastest_candidate_names_it(tmp_path, monkeypatch):
     ctx = make_ctx(tmp_path, ["search.width_multipliers=[0.5,1.0]"], budget_ms=0.1)
     fake_device(monkeypatch, fake_latency(dict(zip(sizes_of(ctx), [0.3, 0.7]))))
-    with pytest.raises(UserError, match=r"the fastest was resnet_w8-16-32_d111 at 0.3000 ms measured"):
+    with pytest.raises(UserError, match=r"the fastest was resnet_w16-16-32_d111 at 0.3000 ms measured"):
         search.run(ctx)
 
 
@@ -146,7 +146,7 @@ def test_predicted_latency_comes_from_the_targets_table(tmp_path, monkeypatch):
     settings = ctx.recipe.search
     table = LatencyTable(target="x86-cpu", backend="openvino", backend_version=_openvino_version(),
                          precision="int8", input_shape=[1, 8, 8], threads=None, overhead_ms=0.05)
-    for spec in space_block_specs(settings, 1, 10, (8, 8), 8):
+    for spec in space_block_specs(settings, 1, 10, (8, 8), ctx.target.channel_multiple):
         table.blocks[block_key(spec)] = {"spec": spec, "ms": block_features(spec)["macs"] / 1e7}
     table.save(table_path("x86-cpu", "int8", (1, 8, 8)))
     measured = []
@@ -239,7 +239,7 @@ def test_students_cut_from_a_teacher_module_are_measured_beside_a_table(tmp_path
     ctx.__dict__["teacher"] = Teacher(_UserTeacher().eval(), None, "t.pt (pickle)", 0.5)
     table = LatencyTable(target="x86-cpu", backend="openvino", backend_version=_openvino_version(),
                          precision="int8", input_shape=[1, 8, 8], threads=None, overhead_ms=0.05)
-    for spec in space_block_specs(ctx.recipe.search, 1, 10, (8, 8), 8):
+    for spec in space_block_specs(ctx.recipe.search, 1, 10, (8, 8), ctx.target.channel_multiple):
         table.blocks[block_key(spec)] = {"spec": spec, "ms": block_features(spec)["macs"] / 1e7}
     table.save(table_path("x86-cpu", "int8", (1, 8, 8)))
     measured = []
