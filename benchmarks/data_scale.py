@@ -352,7 +352,7 @@ def render(results: dict) -> str:
     if "memory" in results:
         m = results["memory"]
         lines += ["## Peak memory of `edgekd distill`", "",
-                  f"{m['cpu']} ({m['cores']} cores), {m['date']}, load average {m['load_average_1m']}. "
+                  f"{m['cpu']}, {m['date']}, load average {m['load_average_1m']}. "
                   f"{m['what']}.", "", "| images | peak RSS MiB | wall s |", "|---|---|---|",
                   *[f"| {r['images']:,} | {r['peak_rss_mib']} | {r['seconds']} |" for r in m["rows"]], "",
                   f"Largest over smallest: {100 * m['spread']:.1f}% apart (goal: within 20%); largest "
@@ -360,13 +360,13 @@ def render(results: dict) -> str:
     if "throughput" in results:
         t = results["throughput"]
         lines += ["## Data loading against training", "",
-                  f"{t['cpu']} ({t['cores']} cores), {t['date']}, load average {t['load_average_1m']}.", "",
+                  f"{t['cpu']}, {t['date']}, load average {t['load_average_1m']}.", "",
                   "| what | images/s | loader / step rate |", "|---|---|---|",
                   *[f"| {r['what']} | {r['images_per_s']} | {r.get('loader_headroom', '')} |" for r in t["rows"]], ""]
     if "e2e" in results:
         e = results["e2e"]
         lines += ["## End to end at 224", "",
-                  f"{e['cpu']} ({e['cores']} cores), {e['date']}, load average {e['load_average_1m']}. Command: "
+                  f"{e['cpu']}, {e['date']}, load average {e['load_average_1m']}. Command: "
                   f"`{e['command']}`.", "",
                   f"Teacher test accuracy in the script that trained it: {100 * e['teacher_script_test_accuracy']:.2f}%; "
                   f"as edgekd runs it (torch, edgekd's preprocessing): {100 * e['teacher_edgekd_torch_test_accuracy']:.2f}% "
