@@ -69,6 +69,10 @@ def new_run(
     make_kd_loss(settings.distill.loss, settings.distill)
     _check_distill(settings.distill)
     _check_prune(settings.prune, target_spec)
+    if (settings.prune.enabled and settings.prune.flow == "teacher" and teacher
+            and str(teacher).endswith(".pt2")):
+        raise UserError("prune.flow teacher cannot prune an exported program (.pt2): its graph is fixed; give the "
+                        "teacher as a checkpoint with --teacher-arch, or a pickled module (--trust-pickle)")
     _check_target_tools(target_spec)
     storage = check_study_storage(storage)
     spec = RunSpec(

@@ -130,8 +130,10 @@ def run(ctx: RunContext) -> PruneResult:
 def _model_to_prune(ctx: RunContext, student: tuple[nn.Module, dict | None, str]) -> tuple[nn.Module, dict[str, Any]]:
     """(a float copy to prune, the record that names it): the distilled student, or the teacher."""
     if ctx.recipe.prune.flow == "teacher":
+        from edgekd.teacher.exported import ExportedTeacher
+
         teacher = ctx.teacher.model
-        if not isinstance(teacher, nn.Module) or type(teacher).__name__ in ("RecursiveScriptModule", "ScriptModule"):
+        if isinstance(teacher, (ExportedTeacher, torch.jit.ScriptModule)) or not isinstance(teacher, nn.Module):
             raise UserError("prune.flow teacher needs a teacher that is a plain torch module (a checkpoint with "
                             "--teacher-arch, a built-in or hub teacher, or a pickled module); TorchScript and "
                             "exported programs cannot be pruned")

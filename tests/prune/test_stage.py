@@ -186,3 +186,13 @@ def test_bad_prune_settings_fail_before_any_work_with_one_line(tmp_path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_teacher_flow_refuses_an_exported_program_before_any_work(tmp_path, capsys):
+    teacher = tmp_path / "teacher.pt2"
+    teacher.write_bytes(b"not read: the recipe is refused first")
+    code = main(["compress", "--target", "x86-cpu", "--runs-dir", str(tmp_path), "--name", "bad", "--teacher",
+                 str(teacher), "--set", "prune.enabled=true", "--set", "prune.flow=teacher"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot prune an exported program" in err[0], err
+    assert not (tmp_path / "bad").exists()
