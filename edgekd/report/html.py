@@ -55,7 +55,7 @@ def render_html(report: dict[str, Any], *, timings_ms: dict[str, Sequence[float]
     sections = [
         _header(report), _headline(report), _findings(findings, report),
         _models_table(report), _stages_table(report.get("stages") or {}),
-        _search(report.get("search") or {}, report), _histogram(models, timings_ms or {}),
+        _search(report.get("search") or {}, report), _prune(report.get("prune")), _histogram(models, timings_ms or {}),
         _per_layer(models), _load_memory(models), _predicted_vs_measured(report),
         _environment(report), _reproduce(report),
     ]
@@ -218,6 +218,33 @@ def _stages_table(stages: dict[str, dict[str, Any]]) -> str:
         state = (f'<span class="badge rolledback">ROLLED BACK</span> {escape(rolled)}' if rolled else "kept")
         rows.append([escape(name), _num(metrics.get("seconds"), ".1f"), state])
     return "<h2>Pipeline stages</h2>" + table(["stage", "seconds", "outcome"], rows, numeric=(1,))
+
+
+def _prune(prune: dict[str, Any] | None) -> str:
+    """The prune stage's gate: the unpruned and the pruned artifact side by side, each latency with
+    its source ("not measured" for a 2:4 engine that did not run on a TensorRT host)."""
+    if not prune or not prune.get("ran"):
+        return ""
+    rows = []
+    for role in ("baseline", "candidate"):
+        side = prune.get(role)
+        if not side:
+            continue
+        latency = (f"{_num(side['latency_ms'], '.4f')} ms {source_badge(side['latency_source'])}"
+                   if side.get("latency_ms") is not None else
+                   f'<span class="badge predicted">NOT MEASURED</span> <small>{escape(side.get("not_measured"))}</small>')
+        rows.append([escape(side["name"]), latency, _num(side["accuracy"], ".2f", scale=100, unit="%"),
+                     escape(side.get("accuracy_source", ""))])
+    outcome = ("pruned model ships" if prune["shipped"] else
+               '<span class="badge rolledback">ROLLED BACK</span> the unpruned student ships')
+    plan = prune.get("plan") or {}
+    macs = (f" MACs {plan['macs_before'] / 1e6:.3g}M &rarr; {plan['macs_after'] / 1e6:.3g}M "
+            f"({plan['mac_reduction']:.0%} fewer)." if plan.get("macs_before") else "")
+    return (f"<h2>Prune</h2><p>Flow <strong>{escape(prune['flow'])}</strong>, {escape(prune['method'])}: "
+            f"{outcome}.{macs}</p>"
+            + table([f"artifact ({escape(prune.get('precision'))})", "latency p50", "val accuracy", "accuracy of"],
+                    rows, numeric=(1, 2))
+            + f"<p><small>{escape(prune['reason'])}</small></p>")
 
 
 def _search(search: dict[str, Any], report: dict[str, Any]) -> str:

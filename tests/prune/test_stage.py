@@ -127,6 +127,8 @@ def test_2_4_on_jetson_orin_writes_a_2_4_qdq_onnx_and_the_sparsity_flag(tmp_path
     assert teacher_lines and not any("--sparsity" in line for line in teacher_lines)
     text = (run / "report.md").read_text()
     assert "not measured (" in text and "2:4 sparse layers" in text
+    page = (run / "report.html").read_text()
+    assert "<h2>Prune</h2>" in page and "NOT MEASURED" in page
 
 
 def test_teacher_flow_prunes_the_teacher_and_compares_it_with_the_searched_student(tmp_path):
