@@ -263,7 +263,9 @@ class PruneConfig:
     max_accuracy_drop_pt: float = at_least(0.0, default=1.0)
     gate_rounds: int = at_least(1, default=3)  # interleaved timing rounds of both artifacts (bench's warmup/runs)
     # 2:4 sparsity where the target's kernels run it (Target.sparse_2_4), on layers with at least
-    # sparse_min_channels input (x kernel area) and output channels (NVIDIA/TensorRT#3849)
+    # sparse_min_channels input (x kernel area) and output channels (NVIDIA/TensorRT#3849); when on,
+    # it is the stage's method instead of channel pruning (one compression per run, so the gate's
+    # verdict says which one paid)
     sparse_2_4: bool = False
     sparse_min_channels: int = at_least(1, default=256)
 
