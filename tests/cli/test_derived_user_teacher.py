@@ -130,3 +130,29 @@ def test_an_untraceable_pickled_teacher_skips_derived_students_with_a_warning(tm
     # Only teacher-derived asked for, none possible: the user is told what to do.
     code = main(["search", "--name", "branchy-only", *args, "--set", "search.families=['teacher-derived']"])
     assert code == 2
+
+
+def test_the_teacher_flow_prunes_a_pickled_user_teacher_and_rebuilds_it_from_weights(tmp_path):
+    # A user's own architecture, no record of edgekd's: pruned along its DepGraph, saved as a plain
+    # state dict, and rebuilt by narrowing the pickled module (what export does when it ships).
+    import copy
+
+    from edgekd.models.resize import narrow_to_state_dict_
+
+    teacher_path = pickled_teacher(tmp_path / "t.pt", DigitNet)
+    assert main(["compress", "--runs-dir", str(tmp_path), "--name", "pruned", "--target", "x86-cpu", "--teacher",
+                 str(teacher_path), "--trust-pickle", "--allow-weak-teacher", *tiny_args(),
+                 "--set", "prune.enabled=true", "--set", "prune.flow=teacher", "--set", "prune.allocation='uniform'",
+                 "--set", "prune.ratio=0.5", "--set", "prune.recovery_epochs=1"]) == 0
+    state = json.loads((tmp_path / "pruned" / "state.json").read_text())["completed"]
+    prune = state["prune"]
+    assert prune["flow"] == "teacher" and prune["arch"]["name"] == "teacher pruned"
+    assert prune["plan"]["plan"], "the 32-channel groups were narrowed to 16"
+    teacher = torch.load(teacher_path, map_location="cpu", weights_only=False)
+    weights = torch.load(tmp_path / "pruned" / "prune" / "pruned_fp32.pt", map_location="cpu", weights_only=True)
+    rebuilt = narrow_to_state_dict_(copy.deepcopy(teacher), weights).eval()
+    assert sum(p.numel() for p in rebuilt.parameters()) == prune["plan"]["params_after"] < sum(
+        p.numel() for p in teacher.parameters())
+    assert rebuilt(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+    if prune["shipped"]:  # then export and bench used it
+        assert state["bench"]["models"]["student_fp32"]["params"] == prune["plan"]["params_after"]
