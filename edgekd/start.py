@@ -100,7 +100,8 @@ def new_run(
     if settings.distill.calibration:  # images missing or of the wrong shape: say so before any work
         from edgekd.data.calibration import load_calibration
 
-        load_calibration(settings.distill.calibration, splits.input_shape, crop_fraction=settings.data.crop_fraction)
+        load_calibration(settings.distill.calibration, splits.input_shape,
+                         crop_fraction=splits.calibration_crop(settings.data.crop_fraction))
     ctx = RunContext.create(run_dir, spec, overwrite=overwrite)
     ctx.save_split(splits)
     if user_teacher is not None:

@@ -64,6 +64,12 @@ class DatasetSplits:
             "source": self.source,
         }
 
+    def calibration_crop(self, crop_fraction: float) -> float:
+        """The crop fraction calibration images must be decoded with to look like this data: the
+        recipe's for an image folder (decoded that way), 1.0 for data held in memory (IDX, the
+        embedded digits), whose images are never cropped."""
+        return crop_fraction if isinstance(self.train.source, FileImages) else 1.0
+
     def file_lists(self) -> dict[str, Any] | None:
         """For an image folder: each split's files (relative to the folder) and labels; None
         for data held in memory."""

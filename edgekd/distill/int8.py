@@ -44,7 +44,8 @@ def calibration_inputs(ctx: RunContext) -> torch.Tensor:
     distill.calibration_samples training images."""
     settings, data = ctx.recipe.distill, ctx.data
     if settings.calibration:
-        return load_calibration(settings.calibration, data.input_shape, crop_fraction=ctx.recipe.data.crop_fraction)
+        return load_calibration(settings.calibration, data.input_shape,
+                                crop_fraction=data.calibration_crop(ctx.recipe.data.crop_fraction))
     return data.train.head(settings.calibration_samples)
 
 

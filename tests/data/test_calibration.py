@@ -32,7 +32,10 @@ def _copy_sample(tmp_path: Path) -> Path:
 def test_sample_manifest_loads_the_real_digits_it_lists():
     from sklearn.datasets import load_digits
 
-    x = load_calibration(SAMPLE, (1, 8, 8))
+    # The embedded digits are held in memory and never cropped; a run on them decodes calibration
+    # PNGs as they are (DatasetSplits.calibration_crop gives 1.0 there).
+    assert load_dataset(None, seed=0).calibration_crop(0.875) == 1.0
+    x = load_calibration(SAMPLE, (1, 8, 8), crop_fraction=1.0)
     assert x.shape == (20, 1, 8, 8) and x.dtype == torch.float32
     # 0-0000.png is digit 0 of load_digits: the PNG's 8 bits give back x/16 to 1/255.
     digits = load_digits()
