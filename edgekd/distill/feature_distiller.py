@@ -27,6 +27,7 @@ from edgekd.distill.feature_losses import (
     nd_loss,
 )
 from edgekd.errors import UserError
+from edgekd.models.modes import eval_forward
 from edgekd.training.evaluate import model_device
 
 log = logging.getLogger(__name__)
@@ -123,9 +124,9 @@ class FeatureDistiller(nn.Module):
     def _probe_shapes(self, student: nn.Module, teacher: nn.Module, example: torch.Tensor):
         names = self.pairs.student
         with FeatureTap(student, names, "student", inputs=self.kind == "nd") as tap:
-            _eval_forward(student, example[:2])
+            eval_forward(student, example[:2])
             student_shapes = [tuple(f.shape[1:]) for f in tap.take()]
-        _eval_forward(teacher, example[:2])
+        eval_forward(teacher, example[:2])
         teacher_shapes = [tuple(f.shape[1:]) for f in self._teacher_tap.take()]
         for s_name, t_name, s, t in zip(names, self.pairs.teacher, student_shapes, teacher_shapes):
             if self.kind != "nd" and (len(s) != 3 or len(t) != 3):
@@ -137,7 +138,7 @@ class FeatureDistiller(nn.Module):
         """ND's class centres: the mean teacher embedding per class over the training set."""
         embeddings = []
         for images, _, _ in train.batches(train.inference_batch(256)):
-            _eval_forward(self.teacher[0], images)
+            eval_forward(self.teacher[0], images)
             embeddings.append(self._teacher_tap.take()[0].flatten(1))
         return class_centers(torch.cat(embeddings), train.y, num_classes)
 
@@ -164,13 +165,3 @@ def _adapter(loss: str, student_shape: Sequence[int], teacher_shape: Sequence[in
         nn.init.normal_(connector[2].bias, 0.0, 0.01)
         return connector
     return nn.Identity()
-
-
-def _eval_forward(model: nn.Module, x: torch.Tensor) -> None:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(was_training)

@@ -30,6 +30,7 @@ from torch import fx, nn
 
 from edgekd.io import first_line
 from edgekd.models.arch import resolve_arch, scale_width
+from edgekd.models.modes import eval_mode
 from edgekd.models.profile import count_params
 
 log = logging.getLogger(__name__)
@@ -420,12 +421,8 @@ def _forward_then_remove(model: nn.Module, example_input: torch.Tensor, handles:
 
 
 def _output(model: nn.Module, example_input: torch.Tensor) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out = model(example_input)
-    finally:
-        model.train(was_training)
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"the teacher returns {type(out).__name__}, not one tensor")
     return out

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgekd.models.modes import eval_forward
+
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -32,13 +34,9 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int | None:
             handles.append(module.register_forward_hook(on_conv))
         elif isinstance(module, nn.Linear):
             handles.append(module.register_forward_hook(on_linear))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+        eval_forward(model, torch.zeros(1, *input_shape))
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return total

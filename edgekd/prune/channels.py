@@ -27,6 +27,7 @@ from torch import nn
 from edgekd.errors import UserError
 from edgekd.io import first_line
 from edgekd.models import count_macs, count_params
+from edgekd.models.modes import eval_forward
 from edgekd.prune.groups import (
     ChannelGroup,
     GroupAnalysis,
@@ -244,16 +245,11 @@ def _exact_ratio(group: ChannelGroup, kept: int) -> float:
 def _output_shapes(model: nn.Module, example_input: torch.Tensor, training_too: bool) -> list[tuple[int, ...]]:
     """The output shape in eval mode and, with `training_too`, in training mode (on a copy, so that
     batch norm statistics do not move; a batch of two, which training-mode batch norm needs)."""
-    was_training = model.training
-    model.eval()
-    try:
+    shapes = [tuple(eval_forward(model, example_input).shape)]
+    if training_too:
         with torch.no_grad():
-            shapes = [tuple(model(example_input).shape)]
-            if training_too:
-                shapes.append(tuple(copy.deepcopy(model).train()(example_input[:1].expand(2, *example_input.shape[1:])).shape[1:]))
-        return shapes
-    finally:
-        model.train(was_training)
+            shapes.append(tuple(copy.deepcopy(model).train()(example_input[:1].expand(2, *example_input.shape[1:])).shape[1:]))
+    return shapes
 
 
 def _grad_batch(grad_batch, example_input):

@@ -25,6 +25,7 @@ from torch import nn
 
 from edgekd.errors import UserError
 from edgekd.io import first_line
+from edgekd.models.modes import eval_forward
 from edgekd.prune.importance import make_importance
 
 log = logging.getLogger(__name__)
@@ -197,13 +198,9 @@ def forward_order(model: nn.Module, example_input: torch.Tensor) -> list[str]:
         module.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name) if name not in order else None)
         for name, module in model.named_modules() if isinstance(module, WEIGHTED_LAYERS)
     ]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            model(example_input)
+        eval_forward(model, example_input)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return order
