@@ -63,16 +63,7 @@ def new_run(
         set_runners(target_spec, [device] if isinstance(device, str) else list(device))  # malformed: fails now
     check_inputs(data=data, teacher=teacher, budget_ms=budget_ms, train_device=train_device, teacher_arch=teacher_arch)
     settings = load_recipe(recipe, list(overrides), bench_defaults=target_spec.bench)
-    # Typos in the recipe should fail now, not after minutes of teacher training and search.
-    resolve_arch(settings.teacher.arch)
-    check_space(settings.search)
-    make_kd_loss(settings.distill.loss, settings.distill)
-    _check_distill(settings.distill)
-    _check_prune(settings.prune, target_spec)
-    if (settings.prune.enabled and settings.prune.flow == "teacher" and teacher
-            and str(teacher).endswith(".pt2")):
-        raise UserError("prune.flow teacher cannot prune an exported program (.pt2): its graph is fixed; give the "
-                        "teacher as a checkpoint with --teacher-arch, or a pickled module (--trust-pickle)")
+    check_recipe(settings, target_spec, teacher)
     _check_target_tools(target_spec)
     storage = check_study_storage(storage)
     spec = RunSpec(
@@ -146,8 +137,7 @@ def change_recipe_on_resume(ctx: RunContext, overrides: list[str], *, stage: str
                             "start a new run to change the others")
         apply_override(recipe, item)
     check_values(recipe, "")
-    _check_distill(recipe.distill)
-    _check_prune(recipe.prune, ctx.target)
+    check_recipe(recipe, ctx.target, ctx.spec.teacher)
     ctx.change_recipe(recipe, command)
     log.info("recipe changed for %s and later stages: %s", stage, " ".join(overrides))
 
@@ -199,6 +189,20 @@ def check_inputs(*, data: Any, teacher: Any, budget_ms: float | None, train_devi
         check_device_name(train_device)
     if teacher_arch is not None and not is_hub_name(teacher_arch):
         resolve_arch(teacher_arch)
+
+
+def check_recipe(settings, target, teacher: str | Path | None) -> None:
+    """What the field rules cannot say, checked before any work for a new run and for a resumed
+    run whose recipe changed: typos in the recipe should fail now, not after minutes of teacher
+    training and search."""
+    resolve_arch(settings.teacher.arch)
+    check_space(settings.search)
+    make_kd_loss(settings.distill.loss, settings.distill)
+    _check_distill(settings.distill)
+    _check_prune(settings.prune, target)
+    if settings.prune.enabled and settings.prune.flow == "teacher" and teacher and str(teacher).endswith(".pt2"):
+        raise UserError("prune.flow teacher cannot prune an exported program (.pt2): its graph is fixed; give the "
+                        "teacher as a checkpoint with --teacher-arch, or a pickled module (--trust-pickle)")
 
 
 def _check_prune(settings, target) -> None:

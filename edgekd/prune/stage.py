@@ -41,7 +41,7 @@ from edgekd.distill.teacher_outputs import teacher_outputs_for_run
 from edgekd.errors import UserError
 from edgekd.io import first_line, save_torch, write_json
 from edgekd.latency.predicted import predicted_latency
-from edgekd.latency.source import MEASURED, Latency
+from edgekd.latency.source import MEASURED, Latency, combined_source
 from edgekd.models.deployed import load_deployed_models
 from edgekd.prune.channels import ChannelPruneResult, prune_channels
 from edgekd.prune.check import LATENCY_ALLOCATION, check_prune_config
@@ -382,8 +382,6 @@ def _teacher_flow_decision(ctx: RunContext, student: ArtifactMeasurement,
 def _drop_source(baseline: GateSide, candidate: GateSide) -> str | None:
     if baseline.latency is None or candidate.latency is None:
         return None
-    from edgekd.latency.source import combined_source
-
     return combined_source(baseline.latency, candidate.latency)
 
 
